@@ -1,0 +1,44 @@
+# The two commands: `make demo` (the main job) and `make test` (the CI suite).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+ARGS    ?=
+
+.PHONY: demo test test-all lint format bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# Reinstalls only when pyproject.toml changes (quick no-op otherwise).
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[demo,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/three-regimes sweep --model mlp_si --dataset digits \
+	  --elrs 1e-4,1e-3,1e-2,1e-1,1,10 --epochs 30 --batch-size 64 \
+	  --out runs/demo --overwrite $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_grid.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,175 @@
+"""The ``three-regimes`` command line.
+
+Subcommands: ``sweep`` (train an ELR x seed grid), ``toy`` (the toy function of
+Sec. 3 with its theory).  Bad input prints one line
+``three-regimes: error: ...`` on stderr and exits with code 2, writing nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+
+from three_regimes_jax.errors import UserError
+
+PROG = "three-regimes"
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line and exit code 2."""
+
+    def error(self, message: str):  # noqa: D102
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    """Parses ``"1e-3,2e-3"`` into floats; raises UserError naming ``what``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        values = [float(t) for t in items]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    return values
+
+
+def parse_ints(text: str, what: str) -> list[int]:
+    """Parses ``"0,1,2"`` into ints; raises UserError naming ``what``."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [int(t) for t in items]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def parse_elrs(text: str) -> list[float]:
+    """Parses ``--elrs``: non-empty, each finite and > 0."""
+    elrs = parse_floats(text, "--elrs")
+    if not elrs:
+        raise UserError("--elrs is empty: give at least one ELR, e.g. --elrs 1e-3,1e-2")
+    bad = [e for e in elrs if not (math.isfinite(e) and e > 0)]
+    if bad:
+        raise UserError(f"every ELR must be a finite number > 0, got {bad[0]} in --elrs")
+    return elrs
+
+
+def _add_sweep(sub) -> None:
+    from three_regimes_jax.data import DATASETS
+    from three_regimes_jax.grid import STRATEGIES
+    from three_regimes_jax.models import MODELS
+
+    p = sub.add_parser(
+        "sweep",
+        help="train an ELR x seed grid of SI models on the sphere",
+        description="Train every (ELR, seed) member in one compiled step per epoch and "
+        "write DIR/config.json, DIR/metrics.npz and DIR/summary.json.",
+    )
+    p.add_argument("--model", default="mlp_si", help=f"one of: {', '.join(MODELS)}")
+    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
+    p.add_argument("--data-dir", help="folder with the original files (or THREE_REGIMES_DATA_DIR)")
+    p.add_argument("--elrs", required=True, help="comma-separated ELRs, e.g. 1e-4,1e-3,1e-2")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--width", type=int, default=32, help="ConvNetSI width k (default 32)")
+    p.add_argument("--depth", type=int, default=3, help="ConvNetSI depth (default 3)")
+    p.add_argument("--hidden", default="300,100", help="MLP-SI hidden widths (default 300,100)")
+    p.add_argument("--init-scale", type=float, default=10.0, help="norm of the frozen last layer")
+    p.add_argument("--use-data-size", type=int, help="train on the first N examples only")
+    p.add_argument("--label-noise", type=float, default=0.0, help="fraction of noisy labels")
+    p.add_argument("--noise-seed", type=int, default=0)
+    p.add_argument("--strategy", default="auto", help=f"one of: {', '.join(STRATEGIES)}")
+    p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
+    p.add_argument("--out", required=True, help="results directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args) -> int:
+    from three_regimes_jax.sweep import SweepConfig, run_sweep
+
+    if args.use_data_size is not None and args.use_data_size < 1:
+        raise UserError(f"--use-data-size must be >= 1, got {args.use_data_size}")
+    config = SweepConfig(
+        model=args.model,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        elrs=tuple(parse_elrs(args.elrs)),
+        seeds=tuple(parse_ints(args.seeds, "--seeds")),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        width=args.width,
+        depth=args.depth,
+        hidden=tuple(parse_ints(args.hidden, "--hidden")),
+        init_scale=args.init_scale,
+        use_data_size=args.use_data_size,
+        label_noise=args.label_noise,
+        noise_seed=args.noise_seed,
+        strategy=args.strategy,
+        drop_last=args.drop_last,
+    )
+    res = run_sweep(config, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    if not args.quiet:
+        s = res.summary
+        print(res.table())
+        print(
+            f"{len(s['members'])} members, {s['epochs']} epochs in {s['wall_time_s']:.1f} s "
+            f"({s['strategy']} on {s['backend']}); results in {args.out}"
+        )
+    return 0
+
+
+def _add_toy(sub) -> None:
+    p = sub.add_parser(
+        "toy",
+        help="the toy function of Sec. 3 vs its closed-form theory",
+        description="Projected GD on F = sum_i a_i x_i^2/(x_i^2+y_i^2) on the unit sphere at "
+        "fixed ELRs; writes DIR/toy.npz, DIR/summary.json and two figures.",
+    )
+    p.add_argument("--alphas", required=True, help="comma-separated alpha_i > 0, e.g. 1,2,4")
+    p.add_argument("--elrs", required=True, help="comma-separated ELRs, e.g. 0.1,0.2,0.5")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--starts", type=int, default=1, help="random starting points per ELR")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_toy)
+
+
+def _cmd_toy(args) -> int:
+    import json
+
+    from three_regimes_jax.toy_report import run_toy_command
+
+    alphas = parse_floats(args.alphas, "--alphas")
+    elrs = parse_floats(args.elrs, "--elrs")
+    summary = run_toy_command(alphas, elrs, args.steps, args.seed, args.starts, args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = _Parser(prog=PROG, description="Scale-invariant networks on the sphere.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_sweep(sub)
+    _add_toy(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

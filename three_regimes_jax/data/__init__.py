@@ -1,0 +1,169 @@
+"""Data loading: MNIST, CIFAR-10/100 (original files or TFDS) and the embedded digits.
+
+Example:
+    >>> ds = load_dataset("mnist", "/data", use_data_size=1000, pad_to=32)
+    >>> ds.x_train.shape, ds.y_train.dtype
+    ((1000, 32, 32, 1), dtype('int32'))
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import files, transforms
+from .base import DATASETS, NUM_CLASSES, DataError, Dataset
+from .digits import load_digits
+from .tfds import load_tfds
+from .transforms import (
+    CIFAR_MEAN,
+    CIFAR_STD,
+    MNIST_MEAN,
+    MNIST_STD,
+    add_label_noise,
+    normalize,
+    pad_to,
+)
+
+__all__ = [
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "DATASETS",
+    "ENV_VAR",
+    "MNIST_MEAN",
+    "MNIST_STD",
+    "NUM_CLASSES",
+    "SOURCES",
+    "DataError",
+    "Dataset",
+    "add_label_noise",
+    "load_dataset",
+    "normalize",
+    "pad_to",
+]
+
+ENV_VAR = "THREE_REGIMES_DATA_DIR"
+SOURCES = ("auto", "files", "tfds")
+_EXPECTED = {
+    "mnist": "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz",
+    "cifar10": "cifar-10-batches-py/ (data_batch_1..5, test_batch)",
+    "cifar100": "cifar-100-python/ (train, test)",
+}
+_STATS = {"mnist": (MNIST_MEAN, MNIST_STD), "cifar10": (CIFAR_MEAN, CIFAR_STD)}
+_STATS["cifar100"] = _STATS["cifar10"]
+Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _base_dir(data_dir: str | os.PathLike | None) -> Path | None:
+    """Explicit ``data_dir``, else ``$THREE_REGIMES_DATA_DIR``, else ``None``."""
+    base = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or None
+    return Path(base).expanduser() if base is not None else None
+
+
+def _from_files(name: str, dirs: list[Path]) -> Arrays | None:
+    """Reads original files from the first matching dir; ``None`` if none has them."""
+    if name == "mnist":
+        found = files.find_mnist(dirs)
+        return None if found is None else files.load_mnist(found)
+    folder = files.find_cifar(name, dirs)
+    return None if folder is None else files.load_cifar(name, folder)
+
+
+def _load_raw(name: str, data_dir: str | os.PathLike | None, source: str) -> Arrays:
+    """Loads uint8 images and int32 labels from files and/or TFDS (see load_dataset)."""
+    base = _base_dir(data_dir)
+    dirs = [] if base is None else [base, base / name]
+    tried = []
+    if source in ("auto", "files"):
+        arrays = _from_files(name, dirs)
+        if arrays is not None:
+            return arrays
+        if base is None:
+            tried.append(f"files: no directory given (data_dir=None and ${ENV_VAR} unset)")
+        else:
+            cands = dirs if name == "mnist" else files.cifar_candidates(name, dirs)
+            tried.append(f"files in {', '.join(map(str, cands))}")
+    if source in ("auto", "tfds"):
+        try:
+            return load_tfds(name, base)
+        except DataError as e:
+            tried.append(str(e))
+    raise DataError(
+        f"dataset '{name}' not found; tried {'; '.join(tried)}. Fix: pass --data-dir DIR "
+        f"(or set {ENV_VAR}=DIR) where DIR or DIR/{name} holds {_EXPECTED[name]}, or prepare "
+        f"TFDS '{name}' (tfds build {name} --file_format=array_record)"
+    )
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    source: str = "auto",
+    use_data_size: int | None = None,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
+    pad_to: int | None = None,
+) -> Dataset:
+    """Loads, normalizes and optionally subsets / corrupts / pads a dataset.
+
+    Args:
+        name: One of :data:`DATASETS`. ``digits`` is embedded (read from the installed
+            scikit-learn) and ignores ``data_dir`` and ``source``.
+        data_dir: Folder with the original files, or its parent holding ``mnist/``,
+            ``cifar10/`` ...; CIFAR may also sit in ``cifar-10-batches-py/`` /
+            ``cifar-100-python/`` below either. Defaults to ``$THREE_REGIMES_DATA_DIR``.
+            Also used as the TFDS ``data_dir`` (``None``: TFDS default).
+        source: ``"files"`` (original files only), ``"tfds"`` (prepared TFDS
+            ArrayRecord only) or ``"auto"`` (files if found, else TFDS).
+        use_data_size: Keep only the first N training examples (before label noise).
+        label_noise: Fraction in [0, 1] of training labels resampled uniformly from
+            all classes (see :func:`add_label_noise`); the test set is untouched.
+        noise_seed: Seed of the label-noise generator.
+        pad_to: Zero-pad both splits to ``pad_to x pad_to`` after normalization
+            (e.g. 32 for ConvNetSI); zero is the mean pixel.
+
+    Returns:
+        The :class:`Dataset`: float32 NHWC images normalized with the paper's
+        constants (MNIST 0.1307/0.3081; CIFAR per-channel mean/std) after scaling to
+        [0, 1]; digits are scaled by 1/16 and standardized with the scalar mean and
+        std of the full 1,437-image training split. Labels are int32.
+
+    Raises:
+        DataError: On an unknown name or source, invalid options, missing data
+            (naming every path / TFDS name tried) or corrupt files.
+    """
+    key = name.lower() if isinstance(name, str) else name
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if source not in SOURCES:
+        raise DataError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
+    if not 0.0 <= label_noise <= 1.0:
+        raise DataError(f"label_noise must be in [0, 1], got {label_noise!r}")
+    if pad_to is not None and (
+        isinstance(pad_to, bool) or not isinstance(pad_to, (int, np.integer))
+    ):
+        raise DataError(f"pad_to must be an integer or None, got {pad_to!r}")
+    num_classes = NUM_CLASSES[key]
+    if key == "digits":
+        x_train, y_train, x_test, y_test = load_digits()
+        mean, std = (x_train / 16.0).mean(), (x_train / 16.0).std()
+        stats, scale = ((float(mean),), (float(std),)), 16.0
+    else:
+        x_train, y_train, x_test, y_test = _load_raw(key, data_dir, source)
+        stats, scale = _STATS[key], 255.0
+    for split, y in (("train", y_train), ("test", y_test)):
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{key} {split} labels outside [0, {num_classes}); corrupt data?")
+    if use_data_size is not None:
+        x_train, y_train = transforms.use_data_size(x_train, y_train, use_data_size)
+    x_train = normalize(x_train, *stats, scale=scale)
+    x_test = normalize(x_test, *stats, scale=scale)
+    y_train = add_label_noise(y_train, label_noise, num_classes, noise_seed).astype(np.int32)
+    if pad_to is not None:
+        x_train = transforms.pad_to(x_train, pad_to)
+        x_test = transforms.pad_to(x_test, pad_to)
+    return Dataset(key, x_train, y_train, x_test, y_test.astype(np.int32), num_classes)
