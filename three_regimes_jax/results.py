@@ -111,6 +111,8 @@ def check_out_dir(out: str | os.PathLike, config: dict[str, Any], overwrite: boo
     probe = out
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"--out {out} cannot be written ({probe} is a file); pick another")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"--out {out} cannot be written ({probe} is not writable); pick another")
     if not out.is_dir() or overwrite or not any(out.iterdir()):

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny real data and compiled trainers reused across tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (SHARED_MNIST / "train-labels-idx1-ubyte.gz").exists():
+        pytest.skip(f"real MNIST not found at {SHARED_MNIST} (../shared/data/mnist)")
+    return SHARED_MNIST
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits dataset (1437 train / 360 test, 8x8x1)."""
+    from three_regimes_jax.data import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def tiny(digits):
+    """A small slice of digits as device arrays: 200 train, 100 test."""
+    import jax.numpy as jnp
+
+    return (
+        jnp.asarray(digits.x_train[:200]),
+        jnp.asarray(digits.y_train[:200]),
+        jnp.asarray(digits.x_test[:100]),
+        jnp.asarray(digits.y_test[:100]),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_mlp():
+    """A small MLP-SI (8x8 inputs, hidden 32-16) and its SI mask."""
+    import jax
+
+    from three_regimes_jax.models import build_model, init_model
+
+    model = build_model("mlp_si", 10, hidden=(32, 16))
+    return model, init_model(model, jax.random.key(0), (8, 8, 1)).si_mask
+
+
+@pytest.fixture(scope="session")
+def trainers(tiny_mlp):
+    """Compiled GridTrainers for the tiny MLP, one per strategy (batch 64)."""
+    from three_regimes_jax.grid import GridTrainer
+
+    model, mask = tiny_mlp
+    return {s: GridTrainer(model, mask, batch_size=64, strategy=s) for s in ("vmap", "map")}
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))

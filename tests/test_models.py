@@ -1,0 +1,111 @@
+"""SI models: architecture of the paper, PyTorch-matching init and BatchNorm, scale invariance."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.models import FROZEN, BatchNorm, build_model, init_model
+from three_regimes_jax.sphere import si_group_names
+
+
+@pytest.fixture(scope="module")
+def convnet():
+    model = build_model("convnet_si", 10, width=4)
+    return model, init_model(model, jax.random.key(0), (32, 32, 3))
+
+
+def test_convnet_si_architecture(convnet):
+    model, v = convnet
+    shapes = {k: v.params[k]["kernel"].shape for k in v.params}
+    assert shapes == {
+        "SIConv_0": (3, 3, 3, 4),
+        "SIConv_1": (3, 3, 4, 8),
+        "SIConv_2": (3, 3, 8, 16),
+        "SIConv_3": (3, 3, 16, 32),
+    }
+    assert all(jax.tree.leaves(v.si_mask))  # every trainable parameter is SI
+    assert set(v.batch_stats) == {f"BatchNorm_{i}" for i in range(4)}
+    head = v.frozen["FrozenDense_0"]
+    assert head["kernel"].shape == (32, 10) and head["bias"].shape == (10,)
+    np.testing.assert_allclose(np.linalg.norm(head["kernel"]), 10.0, rtol=1e-5)
+    assert np.max(np.abs(head["bias"])) <= 1 / np.sqrt(32)
+    x = jnp.ones((2, 32, 32, 3))
+    out = model.apply(
+        {"params": v.params, "batch_stats": v.batch_stats, FROZEN: v.frozen}, x, False
+    )
+    assert out.shape == (2, 10)
+
+
+def test_mlp_si_architecture_and_pytorch_init():
+    model = build_model("mlp_si", 10)
+    v = init_model(model, jax.random.key(1), (28, 28, 1))
+    assert si_group_names(v.si_mask) == ["SIDense_0/kernel", "SIDense_1/kernel"]
+    w = np.asarray(v.params["SIDense_0"]["kernel"])
+    assert w.shape == (784, 300) and v.params["SIDense_1"]["kernel"].shape == (300, 100)
+    bound = 1 / np.sqrt(784)
+    assert np.abs(w).max() <= bound
+    np.testing.assert_allclose(w.std(), bound / np.sqrt(3), rtol=0.02)  # uniform(-b, b)
+    assert "FrozenDense_0" not in v.params  # frozen layer lives outside the trainable tree
+    trainable = init_model(
+        build_model("mlp_si", 10, train_last_layer=True), jax.random.key(1), (8,)
+    )
+    assert trainable.si_mask["FrozenDense_0"] == {"bias": False, "kernel": False}
+    assert trainable.frozen == {}
+
+
+def test_batchnorm_matches_pytorch_semantics():
+    x = jax.random.normal(jax.random.key(0), (16, 5)) * 3 + 1
+    bn = BatchNorm()
+    variables = bn.init(jax.random.key(0), x, train=False)
+    y, upd = bn.apply(variables, x, train=True, mutable=["batch_stats"])
+    xn = np.asarray(x, np.float64)
+    mean, var = xn.mean(0), xn.var(0)
+    np.testing.assert_allclose(y, (xn - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+    st = upd["batch_stats"]
+    np.testing.assert_allclose(st["mean"], 0.1 * mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(st["var"], 0.9 + 0.1 * xn.var(0, ddof=1), rtol=1e-5)
+    y_eval = bn.apply({"batch_stats": st}, x, train=False)
+    np.testing.assert_allclose(
+        y_eval, (xn - 0.1 * mean) / np.sqrt(st["var"] + 1e-5), rtol=1e-4, atol=1e-5
+    )
+    # train mode without a mutable collection leaves the running statistics alone
+    y2 = bn.apply(variables, x, train=True)
+    np.testing.assert_allclose(y2, y, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,shape", [("mlp_si", (8, 8, 1)), ("convnet_si", (32, 32, 3))])
+def test_gradients_are_orthogonal_to_each_si_group(name, shape):
+    """SI in each group: <grad_i, theta_i> = 0 and the loss ignores per-group scaling."""
+    model = build_model(name, 10, width=4, hidden=(16, 8))
+    v = init_model(model, jax.random.key(0), shape)
+    x = jax.random.normal(jax.random.key(1), (32, *shape))
+    y = jnp.arange(32) % 10
+
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": v.batch_stats, FROZEN: v.frozen},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(32), y])
+
+    g = jax.grad(loss)(v.params)
+    for pg, pp in zip(jax.tree.leaves(g), jax.tree.leaves(v.params), strict=True):
+        cos = jnp.vdot(pg, pp) / (jnp.linalg.norm(pg) * jnp.linalg.norm(pp))
+        assert abs(float(cos)) < 1e-3
+    scaled = jax.tree.map(
+        lambda p, s: p * s, v.params, {k: {"kernel": 3.7 + i} for i, k in enumerate(v.params)}
+    )
+    np.testing.assert_allclose(loss(scaled), loss(v.params), rtol=1e-4)
+
+
+def test_bad_model_and_width():
+    with pytest.raises(UserError, match="unknown model"):
+        build_model("resnet", 10)
+    with pytest.raises(UserError, match="width"):
+        build_model("convnet_si", 10, width=0)
