@@ -16,8 +16,9 @@ from matplotlib.figure import Figure
 
 from plotting import toy as toy_plots
 from three_regimes_jax import toy
+from three_regimes_jax.cli import parse_floats
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.toy_report import TOY_FILES, parse_float_list, run_toy_command
+from three_regimes_jax.toy_report import TOY_FILES, run_toy_command
 
 ALPHAS = (1.0, 2.0, 4.0)
 ELRS = (0.1, 0.2, 0.5)
@@ -304,9 +305,10 @@ def test_command_rejects_out_that_is_a_file(tmp_path):
     assert out.read_text() == "x"
 
 
-def test_parse_float_list():
-    assert parse_float_list("1, 2,4", "--alphas") == [1.0, 2.0, 4.0]
-    assert parse_float_list("0.5", "--elrs") == [0.5]
-    for text in ["", " ", "1,,2", "1,a", "1;2"]:
+def test_parse_floats():
+    assert parse_floats("1, 2,4", "--alphas") == [1.0, 2.0, 4.0]
+    assert parse_floats("0.5", "--elrs") == [0.5]
+    assert parse_floats(" ", "--alphas") == []  # emptiness is reported by the command
+    for text in ["1,,2", "1,a", "1;2"]:
         with pytest.raises(UserError, match="--alphas"):
-            parse_float_list(text, "--alphas")
+            parse_floats(text, "--alphas")

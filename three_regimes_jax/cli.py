@@ -24,21 +24,27 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
+def _split(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not any(items):
+        return []
+    if not all(items):
+        raise UserError(f"{what} has an empty item in {text!r}; use e.g. 1e-3,1e-2")
+    return items
+
+
 def parse_floats(text: str, what: str) -> list[float]:
-    """Parses ``"1e-3,2e-3"`` into floats; raises UserError naming ``what``."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
+    """Parses ``"1e-3,2e-3"`` into floats (``""`` gives ``[]``); errors name ``what``."""
     try:
-        values = [float(t) for t in items]
+        return [float(t) for t in _split(text, what)]
     except ValueError:
         raise UserError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    return values
 
 
 def parse_ints(text: str, what: str) -> list[int]:
     """Parses ``"0,1,2"`` into ints; raises UserError naming ``what``."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
     try:
-        return [int(t) for t in items]
+        return [int(t) for t in _split(text, what)]
     except ValueError:
         raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
 

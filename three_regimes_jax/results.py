@@ -65,11 +65,16 @@ class Results:
         return format_table(self.summary["members"])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically: a temporary file beside it, then rename."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -83,14 +88,14 @@ def _json_bytes(obj: Any) -> bytes:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically writes ``obj`` as indented JSON."""
-    _atomic_write(Path(path), _json_bytes(obj))
+    atomic_write(path, _json_bytes(obj))
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Atomically writes a (compressed) ``.npz`` file."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    _atomic_write(Path(path), buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -98,14 +103,16 @@ def _same_run(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [k for k in keys if a.get(k) != b.get(k)]
 
 
-def check_out_dir(out: str | os.PathLike, config: dict[str, Any], overwrite: bool) -> None:
-    """Checks, before any work, that ``out`` can receive this run's results.
+def check_writable(out: str | os.PathLike) -> Path:
+    """Checks, creating nothing, that directory ``out`` exists or can be created.
 
     Raises:
-      UserError: ``out`` is a file, is not writable, or already holds a
-        different run (or unrelated files) and ``overwrite`` is False.
+      UserError: ``out`` is a file, or its nearest existing ancestor is not a
+        writable directory.
     """
     out = Path(out)
+    if not str(out):
+        raise UserError("--out is empty; give a directory path")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory path")
     probe = out
@@ -115,6 +122,17 @@ def check_out_dir(out: str | os.PathLike, config: dict[str, Any], overwrite: boo
         raise UserError(f"--out {out} cannot be written ({probe} is a file); pick another")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"--out {out} cannot be written ({probe} is not writable); pick another")
+    return out
+
+
+def check_out_dir(out: str | os.PathLike, config: dict[str, Any], overwrite: bool) -> None:
+    """Checks, before any work, that ``out`` can receive this run's results.
+
+    Raises:
+      UserError: ``out`` is a file, is not writable, or already holds a
+        different run (or unrelated files) and ``overwrite`` is False.
+    """
+    out = check_writable(out)
     if not out.is_dir() or overwrite or not any(out.iterdir()):
         return
     cfg_path = out / "config.json"
