@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/three-regimes sweep --model mlp_si --dataset digits \
-	  --elrs 1e-4,1e-3,1e-2,1e-1,1,10 --epochs 30 --batch-size 64 \
+	  --elrs 1e-3,1e-2,2e-2,3e-2,5e-2,1e-1,1 --epochs 60 --batch-size 64 \
 	  --out runs/demo --overwrite $(ARGS)
 
 test: $(STAMP)

@@ -136,3 +136,37 @@ def test_choose_strategy():
     assert choose_strategy("auto", conv, "gpu") == "vmap"
     assert choose_strategy("auto", mlp, "cpu") == "vmap"
     assert choose_strategy("map", mlp, "cpu") == "map"
+
+
+SHARD_SCRIPT = """
+import json, sys
+import jax
+from three_regimes_jax import SweepConfig, run_sweep
+cfg = SweepConfig(dataset="digits", elrs=(1e-3, 3e-3, 1e-2, 3e-2), epochs=2, batch_size=64,
+                  hidden=(32, 16), use_data_size=256, strategy="vmap")
+res = run_sweep(cfg, progress=False)
+leaf = jax.tree.leaves(res.state.params)[0]
+print(json.dumps({"devices": jax.device_count(), "shards": len(leaf.sharding.device_set),
+                  "train_loss": res.metrics["train_loss"].tolist()}))
+"""
+
+
+def _shard_run(n_devices: int) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_grid_sharded_over_four_devices_matches_one_device():
+    one, four = _shard_run(1), _shard_run(4)
+    assert four["devices"] == 4 and four["shards"] == 4 and one["shards"] == 1
+    np.testing.assert_allclose(four["train_loss"], one["train_loss"], rtol=1e-5)

@@ -77,6 +77,29 @@ def stack(members: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *members)
 
 
+def shard_grid(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
+    """Places a grid pytree with its leading axis split across ``devices``.
+
+    Under ``jit`` the vmapped computation is then partitioned member-wise
+    (SPMD): each device trains its share of the grid.  Returns ``tree``
+    unchanged with one device or when G is not divisible by the device count.
+
+    Args:
+      tree: pytree whose leaves have a leading grid axis G.
+      devices: devices to use (default: all).
+
+    Returns:
+      The same pytree, sharded.
+    """
+    devices = list(devices or jax.devices())
+    g = jax.tree.leaves(tree)[0].shape[0]
+    if len(devices) < 2 or g % len(devices):
+        return tree
+    mesh = jax.sharding.Mesh(np.array(devices), ("grid",))
+    spec = jax.sharding.PartitionSpec("grid")
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, spec))
+
+
 def choose_strategy(strategy: str, model: nn.Module, backend: str | None = None) -> str:
     """Resolves ``"auto"``: ``map`` for conv models on CPU, else ``vmap``.
 

@@ -21,7 +21,13 @@ import numpy as np
 
 from three_regimes_jax.data import DATASETS, Dataset, load_dataset
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.grid import STRATEGIES, GridState, GridTrainer, finite_members
+from three_regimes_jax.grid import (
+    STRATEGIES,
+    GridState,
+    GridTrainer,
+    finite_members,
+    shard_grid,
+)
 from three_regimes_jax.models import CONVNET_INPUT_SIZE, MODELS, build_model, init_model
 from three_regimes_jax.results import FORMAT_VERSION, Results, check_out_dir, write_results
 
@@ -204,6 +210,8 @@ def run_sweep(
     ds = dataset if dataset is not None else load_sweep_data(config)
     trainer = make_trainer(config, ds.num_classes, ds.image_shape)
     state = trainer.init(config.member_elrs, config.member_seeds, ds.image_shape)
+    if trainer.strategy == "vmap":
+        state = shard_grid(state)  # a no-op on one device
     x_tr, y_tr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
 
