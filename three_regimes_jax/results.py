@@ -28,6 +28,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -91,11 +92,26 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write(path, _json_bytes(obj))
 
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically writes a (compressed) ``.npz`` file."""
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed ``.npz`` whose bytes depend only on the arrays.
+
+    ``np.savez`` stamps each zip entry with the current time, so two runs with
+    equal arrays give different files; here every entry has a fixed timestamp,
+    so equal results give byte-identical files (e.g. a resumed run).
+    """
     buf = io.BytesIO()
-    np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-    atomic_write(path, buf.getvalue())
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """Atomically writes a deterministic compressed ``.npz`` (see :func:`npz_bytes`)."""
+    atomic_write(path, npz_bytes(arrays))
 
 
 def _same_run(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ import numpy as np
 
 from plotting import toy as toy_plots
 from three_regimes_jax import toy
-from three_regimes_jax.results import atomic_write, check_writable
+from three_regimes_jax.results import atomic_write, check_writable, npz_bytes
 
 #: Names of the files the command writes, in writing order.
 TOY_FILES = ("toy.npz", "summary.json", "toy_loss.png", "toy_group_elr.png")
@@ -136,11 +136,9 @@ def run_toy_command(
         "predicted_level": np.array([r["predicted_level"] for r in summary["runs"]]),
         "threshold": np.array(threshold),
     }
-    npz = io.BytesIO()
-    np.savez(npz, **arrays)
     loss_fig, elr_fig = toy_plots.figures_from_npz(arrays)
     payload = {
-        "toy.npz": npz.getvalue(),
+        "toy.npz": npz_bytes(arrays),
         "summary.json": (json.dumps(summary, indent=2) + "\n").encode(),
         "toy_loss.png": _png_bytes(loss_fig),
         "toy_group_elr.png": _png_bytes(elr_fig),
