@@ -87,10 +87,29 @@ def _add_sweep(sub) -> None:
     p.add_argument("--noise-seed", type=int, default=0)
     p.add_argument("--strategy", default="auto", help=f"one of: {', '.join(STRATEGIES)}")
     p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
+    p.add_argument(
+        "--random-walk",
+        action="store_true",
+        help="random-walk baseline (App. M): random tangent steps of the gradient's length",
+    )
+    g = p.add_argument_group("sharpness (App. B)")
+    g.add_argument("--sharpness-every", type=int, default=0, help="every K epochs (0: off)")
+    g.add_argument("--sharpness-size", type=int, default=2048, help="training subset size")
+    g.add_argument("--sharpness-probes", type=int, default=8, help="Hutchinson probes")
+    g.add_argument("--sharpness-iters", type=int, default=20, help="Lanczos iterations")
+    g = p.add_argument_group("checkpoints (Orbax, in DIR/checkpoints)")
+    g.add_argument("--checkpoint-epochs", default="", help="comma-separated epochs, e.g. 0,1,5")
+    g.add_argument("--checkpoint-every", type=int, default=0, help="every N epochs")
+    g.add_argument("--checkpoint-log", action="store_true", help="the paper's log-spaced schedule")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    _add_output(p)
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _add_output(p) -> None:
     p.add_argument("--out", required=True, help="results directory")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
-    p.set_defaults(func=_cmd_sweep)
 
 
 def _cmd_sweep(args) -> int:

@@ -32,11 +32,15 @@ import optax
 from flax import linen as nn
 from flax import struct
 
+from three_regimes_jax.diagnostics import adjacent_cos, tangent_gaussian
 from three_regimes_jax.errors import UserError
+from three_regimes_jax.metrics import sharpness
 from three_regimes_jax.models import FROZEN, init_model
 from three_regimes_jax.sphere import elr_to_lr, group_stats, si_group_names, si_norm, sphere_sgd
 
 STRATEGIES = ("auto", "vmap", "map")
+# Folded into a member's data key to draw the random-walk directions.
+RANDOM_WALK_SALT = 0x52574B
 
 
 @struct.dataclass
@@ -132,6 +136,10 @@ class GridTrainer:
         like PyTorch's DataLoader).
       eval_batch_size: batch size of the evaluation passes; defaults to
         ``batch_size`` (train-mode BN statistics depend on it).
+      random_walk: the random-walk baseline of App. M: every step replaces the
+        SI gradient with a Gaussian direction in the tangent space of each SI
+        group, rescaled to the real gradient's norm (so the step has the length
+        the real step would have had).  Metrics still use the real gradient.
     """
 
     def __init__(
@@ -143,6 +151,7 @@ class GridTrainer:
         strategy: str = "auto",
         drop_last: bool = False,
         eval_batch_size: int | None = None,
+        random_walk: bool = False,
     ):
         self.model = model
         self.si_mask = si_mask
@@ -150,11 +159,14 @@ class GridTrainer:
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.drop_last = drop_last
+        self.random_walk = random_walk
         self.strategy = choose_strategy(strategy, model)
         # elr and radius are read from the state; the 0.0 here is never used.
         self.tx = sphere_sgd(0.0, si_mask)
         self._train_epoch = jax.jit(self._grid_train_epoch)
         self._evaluate = jax.jit(self._grid_evaluate)
+        self._adjacent_cos = jax.jit(jax.vmap(lambda a, b: adjacent_cos(a, b, si_mask)))
+        self._sharpness_fns: dict[tuple[int, int, int], Callable] = {}
 
     # ------------------------------------------------------------------ init
 
@@ -214,9 +226,16 @@ class GridTrainer:
         stats = group_stats(
             ms.params, grads, self.si_mask, elr_to_lr(ms.opt_state.elr, ms.opt_state.radius)
         )
-        updates, opt_state = self.tx.update(grads, ms.opt_state, ms.params)
+        direction = grads
+        if self.random_walk:
+            key = jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), RANDOM_WALK_SALT)
+            direction = tangent_gaussian(
+                jax.random.fold_in(key, ms.step), ms.params, grads, self.si_mask
+            )
+        updates, opt_state = self.tx.update(direction, ms.opt_state, ms.params)
+        params = optax.apply_updates(ms.params, updates)
         new = ms.replace(
-            params=optax.apply_updates(ms.params, updates),
+            params=params,
             batch_stats=batch_stats,
             opt_state=opt_state,
             step=ms.step + 1,
@@ -225,6 +244,7 @@ class GridTrainer:
             "batch_loss": loss,
             "batch_acc": jnp.mean(jnp.argmax(logits, -1) == y),
             "eff_grad_norm": stats.total_eff_grad_norm,
+            "step_cos": adjacent_cos(ms.params, params, self.si_mask),
             "group_elr": stats.elr,
             "group_eff_grad_norm": stats.eff_grad_norm,
             "group_ess": stats.ess,
@@ -322,6 +342,55 @@ class GridTrainer:
           statistics) and ``si_norm``, each ``[G]``.
         """
         return self._evaluate(state, x_train, y_train, x_test, y_test)
+
+    def adjacent_cos(self, params_a: Any, params_b: Any) -> jax.Array:
+        """Per-member cosine ``[G]`` between the SI weights of two grid parameter sets."""
+        return self._adjacent_cos(params_a, params_b)
+
+    def sharpness(
+        self,
+        state: GridState,
+        x: jax.Array,
+        y: jax.Array,
+        key: jax.Array,
+        *,
+        n_probes: int = 8,
+        n_iters: int = 20,
+        batch_size: int | None = None,
+    ) -> dict[str, jax.Array]:
+        """Effective sharpness measures of every member on the subset ``(x, y)``.
+
+        See :mod:`three_regimes_jax.metrics`: gradient-covariance trace,
+        Hutchinson FIM and Hessian traces, Lanczos top eigenvalues, all on the
+        SI parameters at ``theta_SI / rho`` with train-mode BN.  Members run with
+        the trainer's strategy; the subset and the key are shared by all.
+
+        Returns:
+          Name -> ``[G]`` array (``metrics.SHARPNESS_KEYS``).
+        """
+        bs = int(batch_size or self.batch_size)
+        cache_key = (int(n_probes), int(n_iters), bs)
+        if cache_key not in self._sharpness_fns:
+
+            def member_fn(ms, x, y, key):
+                return sharpness(
+                    self.model.apply,
+                    ms.params,
+                    ms.batch_stats,
+                    ms.frozen,
+                    self.si_mask,
+                    x,
+                    y,
+                    batch_size=bs,
+                    key=key,
+                    n_probes=cache_key[0],
+                    n_iters=cache_key[1],
+                )
+
+            self._sharpness_fns[cache_key] = jax.jit(
+                lambda state, x, y, key: self._over_members(member_fn, state, x, y, key)
+            )
+        return self._sharpness_fns[cache_key](state, x, y, key)
 
 
 def finite_members(state: GridState, metrics: dict[str, Any]) -> np.ndarray:

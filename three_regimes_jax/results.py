@@ -114,7 +114,8 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     atomic_write(path, npz_bytes(arrays))
 
 
-def _same_run(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Sorted keys whose values differ between two config dicts."""
     keys = sorted(set(a) | set(b))
     return [k for k in keys if a.get(k) != b.get(k)]
 
@@ -161,7 +162,7 @@ def check_out_dir(out: str | os.PathLike, config: dict[str, Any], overwrite: boo
         old = json.loads(cfg_path.read_text())
     except (OSError, ValueError):
         old = {}
-    diff = _same_run(old, config)
+    diff = differing_keys(old, config)
     if diff:
         raise UserError(
             f"--out {out} already holds a different run (differs in: {', '.join(diff)}); "

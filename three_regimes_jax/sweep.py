@@ -12,24 +12,43 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from three_regimes_jax.checkpoint import (
+    CHECKPOINTS,
+    GridCheckpointer,
+    available_epochs,
+    checkpoint_epochs,
+    load_checkpoint,
+    read_meta,
+)
 from three_regimes_jax.data import DATASETS, Dataset, load_dataset
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.grid import (
     STRATEGIES,
     GridState,
     GridTrainer,
-    finite_members,
     shard_grid,
 )
-from three_regimes_jax.models import CONVNET_INPUT_SIZE, MODELS, build_model, init_model
-from three_regimes_jax.results import FORMAT_VERSION, Results, check_out_dir, write_results
+from three_regimes_jax.loop import EPOCH_METRICS, DeviceData, History, SharpnessSettings, train_grid
+from three_regimes_jax.metrics import SHARPNESS_KEYS
+from three_regimes_jax.models import CONVNET_INPUT_SIZE, MODELS, build_model, si_mask_of
+from three_regimes_jax.results import (
+    FORMAT_VERSION,
+    Results,
+    check_out_dir,
+    check_writable,
+    differing_keys,
+    write_npz,
+    write_results,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +76,18 @@ class SweepConfig:
       noise_seed: seed of the label noise.
       strategy: ``"auto"``, ``"vmap"`` or ``"map"`` (see ``grid.choose_strategy``).
       drop_last: drop each epoch's last partial batch (default: keep, as PyTorch).
+      random_walk: random-walk baseline (App. M): random tangent directions of
+        the real gradient's length replace the gradients.
+      sharpness_every: measure sharpness every K epochs and at the last one (0: off).
+      sharpness_size: size of the fixed training subset (the first examples).
+      sharpness_probes: Hutchinson probes of the FIM and Hessian traces.
+      sharpness_iters: Lanczos steps of the top eigenvalues.
+      checkpoint_epochs: save Orbax checkpoints of the whole grid after these
+        epochs (0 = the initial state).
+      checkpoint_every: also every N epochs (0: off).
+      checkpoint_log: also the paper's log-spaced schedule (every epoch below
+        20, every 5th below 100, every 10th below 200, every 50th below 1000, ...).
+        With any checkpointing on, epochs 0 and the last one are always saved.
     """
 
     model: str = "mlp_si"
@@ -75,9 +106,17 @@ class SweepConfig:
     noise_seed: int = 0
     strategy: str = "auto"
     drop_last: bool = False
+    random_walk: bool = False
+    sharpness_every: int = 0
+    sharpness_size: int = 2048
+    sharpness_probes: int = 8
+    sharpness_iters: int = 20
+    checkpoint_epochs: tuple[int, ...] = ()
+    checkpoint_every: int = 0
+    checkpoint_log: bool = False
 
     def __post_init__(self):
-        for name in ("elrs", "seeds", "hidden"):
+        for name in ("elrs", "seeds", "hidden", "checkpoint_epochs"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
 
     def validate(self) -> SweepConfig:
@@ -102,6 +141,10 @@ class SweepConfig:
             ("batch size", self.batch_size, 1),
             ("width", self.width, 1),
             ("depth", self.depth, 1),
+            ("--sharpness-every", self.sharpness_every, 0),
+            ("--sharpness-size", self.sharpness_size, 1),
+            ("--sharpness-probes", self.sharpness_probes, 1),
+            ("--sharpness-iters", self.sharpness_iters, 1),
         ]
         for what, value, low in checks:
             if value < low:
@@ -112,7 +155,22 @@ class SweepConfig:
             raise UserError(f"label noise must be in [0, 1], got {self.label_noise}")
         if self.strategy not in STRATEGIES:
             raise UserError(f"unknown strategy {self.strategy!r}; choose: {', '.join(STRATEGIES)}")
+        self.checkpoint_schedule  # noqa: B018 (raises UserError on bad epochs)
         return self
+
+    @property
+    def sharpness_settings(self) -> SharpnessSettings:
+        """The sharpness fields as :class:`~three_regimes_jax.loop.SharpnessSettings`."""
+        return SharpnessSettings(
+            self.sharpness_every, self.sharpness_size, self.sharpness_probes, self.sharpness_iters
+        )
+
+    @property
+    def checkpoint_schedule(self) -> list[int]:
+        """Epochs to checkpoint (empty: checkpointing off); see ``checkpoint_epochs``."""
+        return checkpoint_epochs(
+            self.epochs, self.checkpoint_epochs, self.checkpoint_every, self.checkpoint_log
+        )
 
     @property
     def member_elrs(self) -> list[float]:
@@ -128,7 +186,7 @@ class SweepConfig:
         """JSON-able dict, with ``kind`` and ``format_version``."""
         d = dataclasses.asdict(self)
         d.update(kind="sweep", format_version=FORMAT_VERSION)
-        for k in ("elrs", "seeds", "hidden"):
+        for k in ("elrs", "seeds", "hidden", "checkpoint_epochs"):
             d[k] = list(d[k])
         return d
 
@@ -161,39 +219,41 @@ def make_trainer(config: SweepConfig, num_classes: int, input_shape) -> GridTrai
         hidden=config.hidden,
         init_scale=config.init_scale,
     )
-    si_mask = init_model(model, jax.random.key(0), input_shape).si_mask
+    si_mask = si_mask_of(model, input_shape)
     return GridTrainer(
         model,
         si_mask,
         batch_size=config.batch_size,
         strategy=config.strategy,
         drop_last=config.drop_last,
+        random_walk=config.random_walk,
     )
-
-
-EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "eff_grad_norm", "si_norm")
-
-
-def _progress(total: int, enabled: bool, g: int):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, disable=not enabled, desc=f"{g} members", unit="epoch", leave=True)
 
 
 def run_sweep(
     config: SweepConfig,
-    out: str | None = None,
+    out: str | os.PathLike | None = None,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
 ) -> Results:
     """Trains the whole ELR x seed grid and measures every member each epoch.
 
+    With checkpointing on (``config.checkpoint_*``), the whole grid state is
+    saved to ``out/checkpoints/<epoch>`` (Orbax) with the measurement history up
+    to it, so ``resume=True`` continues an interrupted run from its latest
+    checkpoint and writes the same ``metrics.npz``, byte for byte, as an
+    uninterrupted run.
+
     Args:
       config: the sweep.
-      out: results directory to write at the end (checked before training).
-      overwrite: allow ``out`` to hold a different run.
+      out: results directory, written at the end (checked before training);
+        required for checkpointing.
+      overwrite: allow ``out`` to hold a different run (its checkpoints are
+        deleted).
+      resume: continue the interrupted run in ``out`` from its latest checkpoint.
       progress: show a tqdm bar over epochs (loss range across the grid).
       dataset: an already loaded dataset (else loaded from the config).
 
@@ -201,65 +261,119 @@ def run_sweep(
       :class:`Results` with ``metrics`` as in ``metrics.npz`` and the final state.
 
     Raises:
-      UserError: bad config, missing dataset or unusable ``out``; nothing is written.
+      UserError: bad config, missing dataset, unusable ``out`` or nothing to
+        resume; nothing is written.
     """
     config.validate()
     cfg = config.to_dict()
+    schedule = set(config.checkpoint_schedule)
+    if (schedule or resume) and out is None:
+        raise UserError("checkpointing and --resume need an output directory (--out DIR)")
     if out is not None:
-        check_out_dir(out, cfg, overwrite)
+        _check_sweep_out(Path(out), cfg, overwrite=overwrite, resume=resume)
     ds = dataset if dataset is not None else load_sweep_data(config)
     trainer = make_trainer(config, ds.num_classes, ds.image_shape)
     state = trainer.init(config.member_elrs, config.member_seeds, ds.image_shape)
     if trainer.strategy == "vmap":
         state = shard_grid(state)  # a no-op on one device
-    x_tr, y_tr = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
-    x_te, y_te = jnp.asarray(ds.x_test), jnp.asarray(ds.y_test)
+    ckpt = None
+    if schedule:
+        ckpt = GridCheckpointer(
+            out, config=cfg, num_classes=ds.num_classes, input_shape=ds.image_shape
+        )
+    start, history = 0, None
+    if resume:
+        state, history, start = _resume(Path(out), state, cfg)
+    elif ckpt is not None:
+        if overwrite:
+            shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
+        _save_checkpoint(ckpt, 0, state, History.empty(state.size))
 
-    g, history = state.size, []
-    diverged_epoch = np.full(g, -1)
+    def on_epoch(epoch: int, state: GridState, history: History) -> None:
+        if ckpt is not None and epoch in schedule:
+            _save_checkpoint(ckpt, epoch, state, history)
+
     t0 = time.perf_counter()
-    with _progress(config.epochs, progress, g) as bar:
-        for epoch in range(config.epochs):
-            state, train_m = trainer.train_epoch(state, x_tr, y_tr, epoch)
-            eval_m = trainer.evaluate(state, x_tr, y_tr, x_te, y_te)
-            m = jax.device_get({**train_m, **eval_m})
-            newly = ~finite_members(state, m) & (diverged_epoch < 0)
-            diverged_epoch[newly] = epoch + 1
-            history.append(m)
-            alive = diverged_epoch < 0
-            if alive.any():
-                lo, hi = m["train_loss"][alive].min(), m["train_loss"][alive].max()
-                bar.set_postfix_str(
-                    f"train loss {lo:.3g}..{hi:.3g}, diverged {int((~alive).sum())}"
-                )
-            bar.update(1)
+    state, history = train_grid(
+        trainer,
+        state,
+        DeviceData.from_dataset(ds),
+        config.sharpness_settings,
+        start_epoch=start,
+        end_epoch=config.epochs,
+        history=history,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
     seconds = time.perf_counter() - t0
-    metrics = _assemble(config, history, diverged_epoch, trainer.group_names)
+    if ckpt is not None:
+        ckpt.close()
+    metrics = {
+        "elr": np.asarray(config.member_elrs, np.float64),
+        "seed": np.asarray(config.member_seeds, np.int64),
+        **history.arrays(),
+        "group_names": np.asarray(trainer.group_names, dtype=str),
+    }
     summary = _summary(config, metrics, seconds, trainer.strategy)
+    if start:
+        summary["resumed_from_epoch"] = start
     res = Results(config=cfg, metrics=metrics, summary=summary, state=state)
     if out is not None:
         write_results(out, cfg, metrics, summary)
     return res
 
 
-def _assemble(config, history, diverged_epoch, group_names) -> dict[str, np.ndarray]:
-    keys = (*EPOCH_METRICS, "batch_loss", "batch_acc", "group_elr", "group_eff_grad_norm")
-    keys = (*keys, "group_ess")
-    metrics = {k: np.stack([h[k] for h in history], axis=1).astype(np.float32) for k in keys}
-    epochs = np.arange(1, len(history) + 1)
-    for i, e in enumerate(diverged_epoch):
-        if e > 0:
-            for k in keys:
-                metrics[k][i, epochs >= e] = np.nan
-    metrics.update(
-        elr=np.asarray(config.member_elrs, np.float64),
-        seed=np.asarray(config.member_seeds, np.int64),
-        epoch=epochs,
-        group_names=np.asarray(group_names, dtype=str),
-        diverged=diverged_epoch > 0,
-        diverged_epoch=diverged_epoch,
-    )
-    return metrics
+HISTORY_FILE = "history.npz"
+
+
+def _save_checkpoint(ckpt, epoch: int, state: GridState, history: History) -> None:
+    """Saves the grid state, then the history it needs to resume (both atomic)."""
+    ckpt.save(epoch, state, overwrite=True)
+    write_npz(ckpt.directory / HISTORY_FILE, history.raw_arrays())
+
+
+def _check_sweep_out(out: Path, cfg: dict[str, Any], *, overwrite: bool, resume: bool) -> None:
+    """Pre-flight checks of ``--out`` for a sweep (nothing is written)."""
+    has_ckpts = bool(available_epochs(out)) if out.is_dir() else False
+    if resume:
+        check_writable(out)
+        if overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pass one of them")
+        if not has_ckpts:
+            raise UserError(
+                f"nothing to resume in {out}: it has no checkpoints; run the sweep with "
+                "--checkpoint-every N or --checkpoint-log to make it resumable"
+            )
+        diff = differing_keys(read_meta(out)["config"], cfg)
+        if diff:
+            raise UserError(
+                f"cannot resume {out} with another config (differs in: {', '.join(diff)}); "
+                "repeat the original command with --resume"
+            )
+        return
+    if has_ckpts and not (out / "config.json").exists() and not overwrite:
+        raise UserError(
+            f"--out {out} holds an interrupted run; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    check_out_dir(out, cfg, overwrite)
+
+
+def _resume(out: Path, template: GridState, cfg: dict[str, Any]):
+    """State and history at the latest checkpoint that has its history saved."""
+    path = out / CHECKPOINTS / HISTORY_FILE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            history = History.from_raw({k: z[k] for k in z.files})
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot resume {out}: its {HISTORY_FILE} is unreadable ({e})") from None
+    recorded = history.epochs[-1] if history.epochs else 0
+    usable = [e for e in available_epochs(out) if e <= recorded]
+    if not usable:
+        raise UserError(f"cannot resume {out}: no checkpoint matches its history; use --overwrite")
+    epoch = usable[-1]
+    state, _ = load_checkpoint(out, epoch, template=template, config=cfg)
+    return state, history.truncate(epoch), epoch
 
 
 def _summary(config, metrics, seconds, strategy) -> dict[str, Any]:
@@ -269,6 +383,9 @@ def _summary(config, metrics, seconds, strategy) -> dict[str, Any]:
         for k in EPOCH_METRICS:
             row[k] = float(metrics[k][i, -1])
         row["test_error"] = 1.0 - row["test_acc"]
+        for k in SHARPNESS_KEYS:
+            if metrics[k].shape[1]:
+                row[k] = float(metrics[k][i, -1])
         row["diverged"] = bool(metrics["diverged"][i])
         row["diverged_epoch"] = int(metrics["diverged_epoch"][i])
         members.append(row)
@@ -282,4 +399,4 @@ def _summary(config, metrics, seconds, strategy) -> dict[str, Any]:
     }
 
 
-__all__ = ["GridState", "SweepConfig", "load_sweep_data", "make_trainer", "run_sweep"]
+__all__ = ["History", "SweepConfig", "load_sweep_data", "make_trainer", "run_sweep"]

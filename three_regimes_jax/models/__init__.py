@@ -81,6 +81,16 @@ def init_model(model: nn.Module, key: jax.Array, input_shape: tuple[int, ...]) -
     )
 
 
+def si_mask_of(model: nn.Module, input_shape: tuple[int, ...]) -> Any:
+    """The model's SI mask, from an abstract init (shapes only, no compute)."""
+    boxed = jax.eval_shape(
+        lambda: model.init(
+            {"params": jax.random.key(0)}, jnp.zeros((2, *input_shape), jnp.float32), train=False
+        )
+    )["params"]
+    return split_si(boxed)[1]
+
+
 __all__ = [
     "CONVNET_INPUT_SIZE",
     "FROZEN",
@@ -94,4 +104,5 @@ __all__ = [
     "SIDense",
     "build_model",
     "init_model",
+    "si_mask_of",
 ]
