@@ -134,16 +134,35 @@ def _cmd_sweep(args) -> int:
         noise_seed=args.noise_seed,
         strategy=args.strategy,
         drop_last=args.drop_last,
+        random_walk=args.random_walk,
+        sharpness_every=args.sharpness_every,
+        sharpness_size=args.sharpness_size,
+        sharpness_probes=args.sharpness_probes,
+        sharpness_iters=args.sharpness_iters,
+        checkpoint_epochs=tuple(parse_ints(args.checkpoint_epochs, "--checkpoint-epochs")),
+        checkpoint_every=args.checkpoint_every,
+        checkpoint_log=args.checkpoint_log,
     )
-    res = run_sweep(config, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
-    if not args.quiet:
-        s = res.summary
-        print(res.table())
-        print(
-            f"{len(s['members'])} members, {s['epochs']} epochs in {s['wall_time_s']:.1f} s "
-            f"({s['strategy']} on {s['backend']}); results in {args.out}"
-        )
+    res = run_sweep(
+        config,
+        out=args.out,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    _report(res, args)
     return 0
+
+
+def _report(res, args) -> None:
+    if args.quiet:
+        return
+    s = res.summary
+    print(res.table())
+    print(
+        f"{len(s['members'])} members, {s['epochs']} epochs in {s['wall_time_s']:.1f} s "
+        f"({s['strategy']} on {s['backend']}); results in {args.out}"
+    )
 
 
 def _add_toy(sub) -> None:

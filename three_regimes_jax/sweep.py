@@ -149,6 +149,11 @@ class SweepConfig:
         for what, value, low in checks:
             if value < low:
                 raise UserError(f"{what} must be >= {low}, got {value}")
+        if self.sharpness_every and self.sharpness_size < self.batch_size:
+            raise UserError(
+                f"--sharpness-size ({self.sharpness_size}) must be >= --batch-size "
+                f"({self.batch_size}): sharpness is measured on mini-batches of the training size"
+            )
         if any(h < 1 for h in self.hidden):
             raise UserError(f"hidden widths must be >= 1, got {self.hidden}")
         if not 0.0 <= self.label_noise <= 1.0:

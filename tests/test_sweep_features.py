@@ -1,0 +1,135 @@
+"""Sweep features: checkpoints and exact resume, in-loop sharpness, random walk, diagnostics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from three_regimes_jax import SweepConfig, load_results, run_sweep
+from three_regimes_jax import sweep as sweep_mod
+from three_regimes_jax.checkpoint import available_epochs, load_checkpoint
+from three_regimes_jax.cli import main
+from three_regimes_jax.errors import UserError
+
+CFG = SweepConfig(
+    dataset="digits",
+    elrs=(1e-3, 3e-2, 1.0),
+    epochs=5,
+    batch_size=64,
+    hidden=(32, 16),
+    use_data_size=256,
+    checkpoint_every=2,
+    sharpness_every=2,
+    sharpness_size=128,
+    sharpness_probes=2,
+    sharpness_iters=5,
+)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    return out, run_sweep(CFG, out=out, progress=False)
+
+
+def test_checkpoints_and_sharpness_recorded(full_run):
+    out, res = full_run
+    assert available_epochs(out) == [0, 2, 4, 5]
+    m = res.metrics
+    assert m["sharpness_epoch"].tolist() == [2, 4, 5]
+    for k in ("grad_cov_trace", "fim_trace", "hessian_trace", "hessian_top_eig", "fim_top_eig"):
+        assert m[k].shape == (3, 3) and np.isfinite(m[k]).all(), k
+    assert (m["fim_top_eig"] > 0).all() and (m["grad_cov_trace"] > 0).all()
+    for k in ("adjacent_cos", "step_cos", "group_ess_spread"):
+        assert m[k].shape == (3, 5), k
+    # small steps at low ELR: consecutive weights nearly parallel; high ELR decorrelates
+    assert (m["adjacent_cos"][0] > 0.99).all() and m["adjacent_cos"][2, -1] < 0.9
+    assert res.summary["members"][0]["hessian_top_eig"] == pytest.approx(
+        float(m["hessian_top_eig"][0, -1])
+    )
+
+
+def test_checkpoint_holds_the_grid(full_run):
+    out, res = full_run
+    state, meta = load_checkpoint(out, 5)
+    assert meta["elr"] == [1e-3, 3e-2, 1.0] and meta["epoch"] == 5
+    np.testing.assert_array_equal(np.asarray(state.step), np.asarray(res.state.step))
+    for a, b in zip(
+        np.asarray(state.params["SIDense_0"]["kernel"]),
+        np.asarray(res.state.params["SIDense_0"]["kernel"]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_after_kill_is_byte_identical(full_run, tmp_path, monkeypatch):
+    """Die after training epoch 4 but before its checkpoint; resume redoes 3-4 from 2."""
+    ref_out, _ = full_run
+    out = tmp_path / "killed"
+    real_save = sweep_mod._save_checkpoint
+
+    def dying_save(ckpt, epoch, state, history):
+        if epoch == 4:
+            raise KeyboardInterrupt
+        real_save(ckpt, epoch, state, history)
+
+    monkeypatch.setattr(sweep_mod, "_save_checkpoint", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(CFG, out=out, progress=False)
+    monkeypatch.undo()
+    assert available_epochs(out) == [0, 2] and not (out / "metrics.npz").exists()
+    res = run_sweep(CFG, out=out, resume=True, progress=False)
+    assert res.summary["resumed_from_epoch"] == 2
+    assert (out / "metrics.npz").read_bytes() == (ref_out / "metrics.npz").read_bytes()
+
+
+def test_interrupted_run_needs_resume_or_overwrite(full_run, tmp_path, capsys):
+    ref_out, _ = full_run
+    out = tmp_path / "partial"
+    (out / "checkpoints").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(ref_out / "checkpoints" / "0", out / "checkpoints" / "0")
+    argv = ["sweep", "--dataset", "digits", "--elrs", "1e-3", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 2
+    assert "interrupted run" in capsys.readouterr().err
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "another config" in err and "elrs" in err
+
+
+def test_resume_without_checkpoints_is_refused(tmp_path):
+    with pytest.raises(UserError, match="nothing to resume"):
+        run_sweep(CFG, out=tmp_path / "none", resume=True, progress=False)
+    with pytest.raises(UserError, match="after the last epoch"):
+        run_sweep(dataclasses.replace(CFG, checkpoint_epochs=(9,)), out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_random_walk_keeps_sphere_and_loses_the_signal(full_run):
+    _, res = full_run
+    cfg = dataclasses.replace(
+        CFG, random_walk=True, checkpoint_every=0, sharpness_every=0, elrs=(1e-3, 3e-2)
+    )
+    rw = run_sweep(cfg, progress=False).metrics
+    si = rw["si_norm"]
+    np.testing.assert_allclose(si, np.broadcast_to(si[:, :1], si.shape), rtol=1e-5)
+    # random directions do not learn: worse than the real run at the same ELR
+    assert (rw["train_loss"][:, -1] > res.metrics["train_loss"][:2, -1]).all()
+    assert rw["test_acc"][1, -1] < 0.5
+
+
+def test_cli_flags_reach_the_config(tmp_path):
+    out = tmp_path / "cli"
+    argv = ["sweep", "--dataset", "digits", "--use-data-size", "128", "--hidden", "8,8"]
+    argv += ["--elrs", "1e-2", "--epochs", "2", "--checkpoint-epochs", "1", "--quiet"]
+    argv += ["--sharpness-every", "2", "--sharpness-size", "64", "--sharpness-probes", "1"]
+    argv += ["--sharpness-iters", "3", "--random-walk", "--out", str(out)]
+    assert main(argv) == 2  # the subset must hold at least one training batch
+    assert main([*argv, "--batch-size", "32"]) == 0
+    cfg = load_results(out).config
+    assert cfg["checkpoint_epochs"] == [1] and cfg["random_walk"] is True
+    assert (cfg["sharpness_every"], cfg["sharpness_size"]) == (2, 64)
+    assert available_epochs(out) == [0, 1, 2]
