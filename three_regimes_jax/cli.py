@@ -1,7 +1,8 @@
 """The ``three-regimes`` command line.
 
-Subcommands: ``sweep`` (train an ELR x seed grid), ``toy`` (the toy function of
-Sec. 3 with its theory).  Bad input prints one line
+Subcommands: ``sweep`` (train an ELR x seed grid), ``finetune`` (pre-trained
+members x new ELRs), ``interpolate`` (linear connectivity between checkpoints),
+``toy`` (the toy function of Sec. 3 with its theory).  Bad input prints one line
 ``three-regimes: error: ...`` on stderr and exits with code 2, writing nothing.
 """
 
@@ -193,11 +194,101 @@ def _cmd_toy(args) -> int:
     return 0
 
 
+def _add_finetune(sub) -> None:
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune pre-trained members at new ELRs (a grid of grids)",
+        description="Take the members of a checkpointed sweep at --epoch and train each at "
+        "every new ELR in one grid; epochs continue from --epoch.",
+    )
+    p.add_argument("--from", dest="source", required=True, help="the sweep's results directory")
+    p.add_argument("--epoch", type=int, help="source checkpoint epoch (default: the latest)")
+    p.add_argument("--from-init", action="store_true", help="start from epoch 0 (baselines)")
+    p.add_argument("--members", default="", help="source ELRs to fine-tune (default: all)")
+    p.add_argument("--elrs", required=True, help="new ELRs, comma-separated")
+    p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
+    p.add_argument(
+        "--data-key",
+        default="continue",
+        help="batch order: continue (the source's, default) or new",
+    )
+    p.add_argument("--sharpness-every", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=0)
+    _add_output(p)
+    p.set_defaults(func=_cmd_finetune)
+
+
+def _cmd_finetune(args) -> int:
+    from three_regimes_jax.checkpoint import latest_epoch
+    from three_regimes_jax.finetune import FinetuneConfig, run_finetune
+
+    if args.from_init and args.epoch not in (None, 0):
+        raise UserError("--from-init starts at epoch 0; drop --epoch or --from-init")
+    epoch = 0 if args.from_init else args.epoch
+    if epoch is None:
+        epoch = latest_epoch(args.source)
+        if epoch is None:
+            raise UserError(f"--from {args.source} has no checkpoints; pass a checkpointed sweep")
+    config = FinetuneConfig(
+        source=args.source,
+        epoch=epoch,
+        elrs=tuple(parse_elrs(args.elrs)),
+        epochs=args.epochs,
+        members=tuple(parse_floats(args.members, "--members")),
+        data_key=args.data_key,
+        sharpness_every=args.sharpness_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    res = run_finetune(config, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
+    _report(res, args)
+    return 0
+
+
+def _add_interpolate(sub) -> None:
+    p = sub.add_parser(
+        "interpolate",
+        help="loss and accuracy along straight lines between checkpointed solutions",
+        description="Endpoints are DIR[:EPOCH][@ELR] (default: the latest epoch, all members).",
+    )
+    p.add_argument("--a", required=True, help="first endpoint(s): DIR[:EPOCH][@ELR]")
+    p.add_argument("--b", help="second endpoint(s) (default: the same as --a)")
+    p.add_argument("--pairs", default="neighbors", help="neighbors (default) or all")
+    p.add_argument("--points", type=int, default=21)
+    p.add_argument("--recompute-bn", action="store_true", help="re-estimate BN stats per point")
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_interpolate)
+
+
+def _cmd_interpolate(args) -> int:
+    from three_regimes_jax.connectivity import run_interpolate
+
+    res = run_interpolate(
+        args.a,
+        args.b or args.a,
+        args.out,
+        pairs=args.pairs,
+        points=args.points,
+        recompute_bn=args.recompute_bn,
+    )
+    if not args.quiet:
+        print(f"{'A':>24} {'B':>24} {'barrier':>10} {'loss(0)':>9} {'loss(1)':>9}")
+        for k in range(len(res["barrier"])):
+            a = f"e{res['a_epoch'][k]} elr {res['a_elr'][k]:g}"
+            b = f"e{res['b_epoch'][k]} elr {res['b_elr'][k]:g}"
+            loss = res["train_loss"][k]
+            print(f"{a:>24} {b:>24} {res['barrier'][k]:>10.4g} {loss[0]:>9.4g} {loss[-1]:>9.4g}")
+        print(f"written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = _Parser(prog=PROG, description="Scale-invariant networks on the sphere.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_sweep(sub)
+    _add_finetune(sub)
+    _add_interpolate(sub)
     _add_toy(sub)
     return parser
 

@@ -166,6 +166,7 @@ class GridTrainer:
         self._train_epoch = jax.jit(self._grid_train_epoch)
         self._evaluate = jax.jit(self._grid_evaluate)
         self._adjacent_cos = jax.jit(jax.vmap(lambda a, b: adjacent_cos(a, b, si_mask)))
+        self._recompute_bn: Callable | None = None
         self._sharpness_fns: dict[tuple[int, int, int], Callable] = {}
 
     # ------------------------------------------------------------------ init
@@ -342,6 +343,44 @@ class GridTrainer:
           statistics) and ``si_norm``, each ``[G]``.
         """
         return self._evaluate(state, x_train, y_train, x_test, y_test)
+
+    def recompute_batch_stats(self, state: GridState, x: jax.Array) -> GridState:
+        """Re-estimates every member's BN running statistics from the data ``x``.
+
+        One pass over ``x`` in order, in mini-batches of ``eval_batch_size``:
+        the running mean and (unbiased) variance become the equal-weight average
+        of the batch statistics, like PyTorch's ``bn_update`` with
+        ``momentum=None``.  Parameters are untouched.
+        """
+        if self._recompute_bn is None:
+            exact = self.model.clone(bn_momentum=1.0)  # running stats := batch stats
+
+            def member_fn(ms, x):
+                def batch_stats_of(xb, yb):
+                    del yb
+                    variables = {"params": ms.params, "batch_stats": ms.batch_stats}
+                    variables[FROZEN] = ms.frozen
+                    _, upd = exact.apply(variables, xb, train=True, mutable=["batch_stats"])
+                    return upd["batch_stats"]
+
+                n = x.shape[0]
+                bs = min(self.eval_batch_size, n)
+                n_full = n // bs
+
+                def body(total, i):
+                    xb = jax.lax.dynamic_slice_in_dim(x, i * bs, bs)
+                    return jax.tree.map(jnp.add, total, batch_stats_of(xb, None)), None
+
+                zeros = jax.tree.map(jnp.zeros_like, ms.batch_stats)
+                total, _ = jax.lax.scan(body, zeros, jnp.arange(n_full))
+                count = n_full
+                if n % bs:
+                    rest = batch_stats_of(x[n_full * bs :], None)
+                    total, count = jax.tree.map(jnp.add, total, rest), count + 1
+                return ms.replace(batch_stats=jax.tree.map(lambda t: t / count, total))
+
+            self._recompute_bn = jax.jit(lambda state, x: self._over_members(member_fn, state, x))
+        return self._recompute_bn(state, x)
 
     def adjacent_cos(self, params_a: Any, params_b: Any) -> jax.Array:
         """Per-member cosine ``[G]`` between the SI weights of two grid parameter sets."""

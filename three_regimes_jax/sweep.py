@@ -319,7 +319,7 @@ def run_sweep(
         **history.arrays(),
         "group_names": np.asarray(trainer.group_names, dtype=str),
     }
-    summary = _summary(config, metrics, seconds, trainer.strategy)
+    summary = summarize(metrics, seconds, trainer.strategy, config.epochs)
     if start:
         summary["resumed_from_epoch"] = start
     res = Results(config=cfg, metrics=metrics, summary=summary, state=state)
@@ -381,7 +381,10 @@ def _resume(out: Path, template: GridState, cfg: dict[str, Any]):
     return state, history.truncate(epoch), epoch
 
 
-def _summary(config, metrics, seconds, strategy) -> dict[str, Any]:
+def summarize(
+    metrics: dict[str, np.ndarray], seconds: float, strategy: str, epochs: int
+) -> dict[str, Any]:
+    """The ``summary.json`` dict: final values per member and run facts."""
     members = []
     for i in range(len(metrics["elr"])):
         row = {"elr": float(metrics["elr"][i]), "seed": int(metrics["seed"][i])}
@@ -396,7 +399,7 @@ def _summary(config, metrics, seconds, strategy) -> dict[str, Any]:
         members.append(row)
     return {
         "members": members,
-        "epochs": config.epochs,
+        "epochs": epochs,
         "wall_time_s": round(seconds, 3),
         "strategy": strategy,
         "backend": jax.default_backend(),
@@ -404,4 +407,11 @@ def _summary(config, metrics, seconds, strategy) -> dict[str, Any]:
     }
 
 
-__all__ = ["History", "SweepConfig", "load_sweep_data", "make_trainer", "run_sweep"]
+__all__ = [
+    "History",
+    "SweepConfig",
+    "load_sweep_data",
+    "make_trainer",
+    "run_sweep",
+    "summarize",
+]

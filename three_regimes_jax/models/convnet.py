@@ -31,6 +31,7 @@ class ConvNetSI(nn.Module):
       num_classes: number of outputs.
       init_scale: Frobenius norm of the frozen last-layer weight (paper: 10).
       train_last_layer: make the last layer trainable (non-SI) instead of frozen.
+      bn_momentum: BatchNorm running-statistics momentum (PyTorch convention).
     """
 
     width: int = 32
@@ -38,17 +39,18 @@ class ConvNetSI(nn.Module):
     num_classes: int = 10
     init_scale: float = 10.0
     train_last_layer: bool = False
+    bn_momentum: float = 0.1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = self.width
-        x = nn.relu(BatchNorm()(SIConv(c)(x), train))
+        x = nn.relu(BatchNorm(self.bn_momentum)(SIConv(c)(x), train))
         for stage in range(3):
             n_blocks = self.depth // 3 + int(self.depth % 3 > stage)
             for b in range(n_blocks):
                 last = b == n_blocks - 1
                 c = 2 * c if last else c
-                x = nn.relu(BatchNorm()(SIConv(c)(x), train))
+                x = nn.relu(BatchNorm(self.bn_momentum)(SIConv(c)(x), train))
                 if last:
                     x = _max_pool(x, 2)
         pool = 4 * (2 * (3 - self.depth) if self.depth < 3 else 1)

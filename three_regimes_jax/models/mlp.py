@@ -21,16 +21,18 @@ class MLPSI(nn.Module):
       num_classes: number of outputs.
       init_scale: Frobenius norm of the frozen last-layer weight (paper: 10).
       train_last_layer: make the last layer trainable (non-SI) instead of frozen.
+      bn_momentum: BatchNorm running-statistics momentum (PyTorch convention).
     """
 
     hidden: Sequence[int] = (300, 100)
     num_classes: int = 10
     init_scale: float = 10.0
     train_last_layer: bool = False
+    bn_momentum: float = 0.1
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x.reshape((x.shape[0], -1))
         for h in self.hidden:
-            x = nn.relu(BatchNorm()(SIDense(h)(x), train))
+            x = nn.relu(BatchNorm(self.bn_momentum)(SIDense(h)(x), train))
         return FrozenDense(self.num_classes, self.init_scale, self.train_last_layer)(x)
