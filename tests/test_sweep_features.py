@@ -133,3 +133,30 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert cfg["checkpoint_epochs"] == [1] and cfg["random_walk"] is True
     assert (cfg["sharpness_every"], cfg["sharpness_size"]) == (2, 64)
     assert available_epochs(out) == [0, 1, 2]
+
+
+def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path):
+    """A real kill -9 of the CLI while it trains; --resume finishes the same run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    argv = ["sweep", "--dataset", "digits", "--use-data-size", "128", "--hidden", "8"]
+    argv += ["--batch-size", "32", "--elrs", "1e-3,1e-1", "--epochs", "40"]
+    argv += ["--checkpoint-every", "1", "--quiet"]
+    ref = tmp_path / "ref"
+    assert main([*argv, "--out", str(ref)]) == 0
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "three_regimes_jax.cli", *argv, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "3").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    done = available_epochs(out)
+    assert 3 <= done[-1] < 40 and not (out / "metrics.npz").exists()
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert (out / "metrics.npz").read_bytes() == (ref / "metrics.npz").read_bytes()
