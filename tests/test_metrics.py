@@ -114,8 +114,12 @@ def test_scale_invariance_and_grid(setup):
 def test_standalone_function_matches_sharpness(setup):
     model, v, x, y, _, out = setup
     args = (model.apply, v.params, v.batch_stats, v.frozen, v.si_mask, x, y)
-    gcov = metrics.grad_cov_trace(*args, batch_size=BS)
-    np.testing.assert_allclose(gcov, out["grad_cov_trace"][0], rtol=1e-5)
+    pb = metrics.SharpnessProblem(*args, batch_size=BS)
+    np.testing.assert_allclose(pb.grad_cov_trace(), out["grad_cov_trace"][0], rtol=1e-5)
+    k_ht, k_ft, k_he, k_fe = jax.random.split(jax.random.key(7), 4)
+    ref = metrics.sharpness(*args, batch_size=BS, key=jax.random.key(7), n_probes=3, n_iters=4)
+    np.testing.assert_allclose(pb.hessian_trace(k_ht, 3), ref["hessian_trace"], rtol=1e-5)
+    np.testing.assert_allclose(pb.fim_top_eig(k_fe, 4), ref["fim_top_eig"], rtol=1e-5)
 
 
 def test_lanczos_diagonal_matrix_with_breakdown():
@@ -235,7 +239,7 @@ def test_measures_restricted_to_si(setup, trainable_last):
         lambda: jnp.mean(jax.vmap(si_grad_sq)(x.reshape(-1, BS, 5), y.reshape(-1, BS)))
     )()
     args = (model.apply, v.params, v.batch_stats, v.frozen, v.si_mask, x, y)
-    gcov = jax.jit(lambda: metrics.grad_cov_trace(*args, batch_size=BS))()
+    gcov = jax.jit(lambda: metrics.SharpnessProblem(*args, batch_size=BS).grad_cov_trace())()
     np.testing.assert_allclose(gcov, direct, rtol=1e-5)
 
 

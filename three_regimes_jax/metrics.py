@@ -73,8 +73,21 @@ SHARPNESS_KEYS = ("grad_cov_trace", "hessian_trace", "fim_trace", "hessian_top_e
 # --------------------------------------------------------------------------- the problem
 
 
-class _Problem:
-    """One member's loss restricted to the unit-norm SI vector ``w``, batch by batch.
+class SharpnessProblem:
+    """One member's loss as a function of its unit-norm SI vector ``w``, batch by batch.
+
+    Build it from a member's variables and a fixed subset; its methods are the
+    five effective measures (and the matrix-vector products behind them).
+
+    Args:
+      apply_fn: ``model.apply``.
+      params: trainable parameters.
+      batch_stats: BatchNorm running statistics (unused in train mode, kept).
+      frozen: frozen parameters.
+      si_mask: boolean pytree of SI leaves (static).
+      x: subset inputs ``[n, ...]``.
+      y: subset integer labels ``[n]``.
+      batch_size: mini-batch size (static).
 
     Attributes:
       w0: ``theta_SI / rho`` flattened, shape ``[d]``.
@@ -197,6 +210,34 @@ class _Problem:
 
         return self.batch_mean(fn)
 
+    # ---------------------------------------------------------------- the five measures
+
+    def grad_cov_trace(self) -> jax.Array:
+        """``Tr(E_B grad L_B grad L_B^T) = E_B ||grad L_B||^2`` over the mini-batches (eq. 29)."""
+        return self.batch_mean(
+            lambda xb, yb: jnp.sum(jnp.square(jax.grad(self.loss)(self.w0, xb, yb)))
+        )
+
+    def hessian_trace(self, key: jax.Array, n_probes: int = 8) -> jax.Array:
+        """Hutchinson estimate of the Hessian trace (``n_probes`` Rademacher probes)."""
+        return hutchinson(self.hessian_quad, self.dim, key, n_probes)
+
+    def fim_trace(self, key: jax.Array, n_probes: int = 8) -> jax.Array:
+        """Hutchinson estimate of the (true) Fisher trace."""
+        return hutchinson(self.fisher_quad, self.dim, key, n_probes)
+
+    def hessian_top_eig(self, key: jax.Array, n_iters: int = 20) -> jax.Array:
+        """Largest Ritz value of the Hessian after ``n_iters`` Lanczos steps.
+
+        A lower bound that converges fast to the top eigenvalue when it is well
+        separated; ``n_iters`` is capped at the number of SI parameters.
+        """
+        return lanczos_top_eig(self.hvp, self.dim, key, n_iters)
+
+    def fim_top_eig(self, key: jax.Array, n_iters: int = 20) -> jax.Array:
+        """Largest Ritz value of the (true) Fisher after ``n_iters`` Lanczos steps."""
+        return lanczos_top_eig(self.fvp, self.dim, key, n_iters)
+
 
 def _softmax_hessian_vp(z: jax.Array, u: jax.Array) -> jax.Array:
     """``(diag(p) - p p^T) u`` per example, ``p = softmax(z)``; ``u`` may have leading axes."""
@@ -204,181 +245,7 @@ def _softmax_hessian_vp(z: jax.Array, u: jax.Array) -> jax.Array:
     return p * (u - jnp.sum(p * u, axis=-1, keepdims=True))
 
 
-# --------------------------------------------------------------------------- per-member measures
-
-
-def grad_cov_trace(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    batch_stats: PyTree,
-    frozen: PyTree,
-    si_mask: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    batch_size: int,
-) -> jax.Array:
-    """Effective trace of the mini-batch gradient covariance (paper eq. 29).
-
-    ``Tr(E_B g_B g_B^T) = E_B ||g_B||^2`` with ``g_B`` the gradient of the
-    mini-batch loss with respect to the SI parameters at ``theta_SI / rho``,
-    over the ``n // batch_size`` mini-batches of the subset, in order.
-
-    Args:
-      apply_fn: ``model.apply``.
-      params: trainable parameters.
-      batch_stats: BatchNorm running statistics (unused by train-mode BN but
-        part of the variables).
-      frozen: frozen parameters.
-      si_mask: boolean pytree of SI leaves (static).
-      x: subset inputs ``[n, ...]``.
-      y: subset integer labels ``[n]``.
-      batch_size: mini-batch size (static).
-
-    Returns:
-      A scalar.
-    """
-    pb = _Problem(apply_fn, params, batch_stats, frozen, si_mask, x, y, batch_size)
-    return pb.batch_mean(lambda xb, yb: jnp.sum(jnp.square(jax.grad(pb.loss)(pb.w0, xb, yb))))
-
-
-def hessian_trace(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    batch_stats: PyTree,
-    frozen: PyTree,
-    si_mask: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    batch_size: int,
-    key: jax.Array,
-    n_probes: int = 8,
-) -> jax.Array:
-    """Hutchinson estimate of the effective Hessian trace (SI block, at ``theta_SI / rho``).
-
-    Args:
-      apply_fn: ``model.apply``.
-      params: trainable parameters.
-      batch_stats: BatchNorm running statistics.
-      frozen: frozen parameters.
-      si_mask: boolean pytree of SI leaves (static).
-      x: subset inputs ``[n, ...]``.
-      y: subset integer labels ``[n]``.
-      batch_size: mini-batch size (static).
-      key: PRNG key of the Rademacher probes.
-      n_probes: number of probes (static).
-
-    Returns:
-      A scalar; its standard error is ``sqrt(2 * sum_{i != j} H_ij**2 / n_probes)``.
-    """
-    pb = _Problem(apply_fn, params, batch_stats, frozen, si_mask, x, y, batch_size)
-    return hutchinson(pb.hessian_quad, pb.dim, key, n_probes)
-
-
-def fim_trace(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    batch_stats: PyTree,
-    frozen: PyTree,
-    si_mask: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    batch_size: int,
-    key: jax.Array,
-    n_probes: int = 8,
-) -> jax.Array:
-    """Hutchinson estimate of the effective (true) Fisher trace; see the module docstring.
-
-    ``y`` is not used by the true Fisher; it is accepted for a uniform signature.
-
-    Args:
-      apply_fn: ``model.apply``.
-      params: trainable parameters.
-      batch_stats: BatchNorm running statistics.
-      frozen: frozen parameters.
-      si_mask: boolean pytree of SI leaves (static).
-      x: subset inputs ``[n, ...]``.
-      y: subset integer labels ``[n]`` (unused).
-      batch_size: mini-batch size (static).
-      key: PRNG key of the Rademacher probes.
-      n_probes: number of probes (static).
-
-    Returns:
-      A scalar.
-    """
-    pb = _Problem(apply_fn, params, batch_stats, frozen, si_mask, x, y, batch_size)
-    return hutchinson(pb.fisher_quad, pb.dim, key, n_probes)
-
-
-def hessianlanczos_top_eig(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    batch_stats: PyTree,
-    frozen: PyTree,
-    si_mask: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    batch_size: int,
-    key: jax.Array,
-    n_iters: int = 20,
-) -> jax.Array:
-    """Largest eigenvalue of the effective Hessian (SI block), by Lanczos.
-
-    Args:
-      apply_fn: ``model.apply``.
-      params: trainable parameters.
-      batch_stats: BatchNorm running statistics.
-      frozen: frozen parameters.
-      si_mask: boolean pytree of SI leaves (static).
-      x: subset inputs ``[n, ...]``.
-      y: subset integer labels ``[n]``.
-      batch_size: mini-batch size (static).
-      key: PRNG key of the Lanczos start vector.
-      n_iters: Lanczos steps (static); capped at the number of SI parameters.
-
-    Returns:
-      A scalar: the largest Ritz value (a lower bound that converges fast to
-      the top eigenvalue when it is well separated).
-    """
-    pb = _Problem(apply_fn, params, batch_stats, frozen, si_mask, x, y, batch_size)
-    return lanczos_top_eig(pb.hvp, pb.dim, key, n_iters)
-
-
-def fimlanczos_top_eig(
-    apply_fn: ApplyFn,
-    params: PyTree,
-    batch_stats: PyTree,
-    frozen: PyTree,
-    si_mask: PyTree,
-    x: jax.Array,
-    y: jax.Array,
-    *,
-    batch_size: int,
-    key: jax.Array,
-    n_iters: int = 20,
-) -> jax.Array:
-    """Largest eigenvalue of the effective (true) Fisher, by Lanczos.
-
-    Args:
-      apply_fn: ``model.apply``.
-      params: trainable parameters.
-      batch_stats: BatchNorm running statistics.
-      frozen: frozen parameters.
-      si_mask: boolean pytree of SI leaves (static).
-      x: subset inputs ``[n, ...]``.
-      y: subset integer labels ``[n]`` (unused).
-      batch_size: mini-batch size (static).
-      key: PRNG key of the Lanczos start vector.
-      n_iters: Lanczos steps (static); capped at the number of SI parameters.
-
-    Returns:
-      A scalar.
-    """
-    pb = _Problem(apply_fn, params, batch_stats, frozen, si_mask, x, y, batch_size)
-    return lanczos_top_eig(pb.fvp, pb.dim, key, n_iters)
+# --------------------------------------------------------------------------- all measures
 
 
 def sharpness(
@@ -399,7 +266,7 @@ def sharpness(
 
     ``key`` is split into four: Hessian probes, Fisher probes, Hessian Lanczos
     start, Fisher Lanczos start (in that order), so each entry equals the
-    standalone function called with the corresponding sub-key.
+    :class:`SharpnessProblem` method called with the corresponding sub-key.
 
     Args:
       apply_fn: ``model.apply``.
@@ -418,15 +285,14 @@ def sharpness(
       ``{"grad_cov_trace", "hessian_trace", "fim_trace", "hessian_top_eig",
       "fim_top_eig"}``, each a float32 scalar.
     """
-    pb = _Problem(apply_fn, params, batch_stats, frozen, si_mask, x, y, batch_size)
+    pb = SharpnessProblem(apply_fn, params, batch_stats, frozen, si_mask, x, y, batch_size)
     k_ht, k_ft, k_he, k_fe = jax.random.split(key, 4)
-    gcov = pb.batch_mean(lambda xb, yb: jnp.sum(jnp.square(jax.grad(pb.loss)(pb.w0, xb, yb))))
     return {
-        "grad_cov_trace": gcov,
-        "hessian_trace": hutchinson(pb.hessian_quad, pb.dim, k_ht, n_probes),
-        "fim_trace": hutchinson(pb.fisher_quad, pb.dim, k_ft, n_probes),
-        "hessian_top_eig": lanczos_top_eig(pb.hvp, pb.dim, k_he, n_iters),
-        "fim_top_eig": lanczos_top_eig(pb.fvp, pb.dim, k_fe, n_iters),
+        "grad_cov_trace": pb.grad_cov_trace(),
+        "hessian_trace": pb.hessian_trace(k_ht, n_probes),
+        "fim_trace": pb.fim_trace(k_ft, n_probes),
+        "hessian_top_eig": pb.hessian_top_eig(k_he, n_iters),
+        "fim_top_eig": pb.fim_top_eig(k_fe, n_iters),
     }
 
 
@@ -468,6 +334,3 @@ def make_sharpness_fn(
 
 def _sharpness_positional(apply_fn, si_mask, params, batch_stats, frozen, x, y, key, **kw):
     return sharpness(apply_fn, params, batch_stats, frozen, si_mask, x, y, key=key, **kw)
-
-
-# --------------------------------------------------------------------------- helpers
