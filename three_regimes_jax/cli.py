@@ -2,7 +2,8 @@
 
 Subcommands: ``sweep`` (train an ELR x seed grid), ``finetune`` (pre-trained
 members x new ELRs), ``interpolate`` (linear connectivity between checkpoints),
-``toy`` (the toy function of Sec. 3 with its theory).  Bad input prints one line
+``toy`` (the toy function of Sec. 3 with its theory), ``regimes`` (label each
+member), ``find-transitions`` (adaptive search of the regime borders).  Bad input prints one line
 ``three-regimes: error: ...`` on stderr and exits with code 2, writing nothing.
 """
 
@@ -61,21 +62,17 @@ def parse_elrs(text: str) -> list[float]:
     return elrs
 
 
-def _add_sweep(sub) -> None:
+def _add_model_args(p, *, sweep: bool) -> None:
+    """Flags shared by ``sweep`` and ``find-transitions``: model, data, training."""
     from three_regimes_jax.data import DATASETS
     from three_regimes_jax.grid import STRATEGIES
     from three_regimes_jax.models import MODELS
 
-    p = sub.add_parser(
-        "sweep",
-        help="train an ELR x seed grid of SI models on the sphere",
-        description="Train every (ELR, seed) member in one compiled step per epoch and "
-        "write DIR/config.json, DIR/metrics.npz and DIR/summary.json.",
-    )
     p.add_argument("--model", default="mlp_si", help=f"one of: {', '.join(MODELS)}")
     p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
     p.add_argument("--data-dir", help="folder with the original files (or THREE_REGIMES_DATA_DIR)")
-    p.add_argument("--elrs", required=True, help="comma-separated ELRs, e.g. 1e-4,1e-3,1e-2")
+    if sweep:
+        p.add_argument("--elrs", required=True, help="comma-separated ELRs, e.g. 1e-4,1e-3,1e-2")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--batch-size", type=int, default=128)
@@ -88,6 +85,43 @@ def _add_sweep(sub) -> None:
     p.add_argument("--noise-seed", type=int, default=0)
     p.add_argument("--strategy", default="auto", help=f"one of: {', '.join(STRATEGIES)}")
     p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
+
+
+def _config_from_args(args, elrs: tuple[float, ...], **extra):
+    """The :class:`SweepConfig` of the shared flags (see :func:`_add_model_args`)."""
+    from three_regimes_jax.sweep import SweepConfig
+
+    if args.use_data_size is not None and args.use_data_size < 1:
+        raise UserError(f"--use-data-size must be >= 1, got {args.use_data_size}")
+    return SweepConfig(
+        model=args.model,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        elrs=elrs,
+        seeds=tuple(parse_ints(args.seeds, "--seeds")),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        width=args.width,
+        depth=args.depth,
+        hidden=tuple(parse_ints(args.hidden, "--hidden")),
+        init_scale=args.init_scale,
+        use_data_size=args.use_data_size,
+        label_noise=args.label_noise,
+        noise_seed=args.noise_seed,
+        strategy=args.strategy,
+        drop_last=args.drop_last,
+        **extra,
+    )
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="train an ELR x seed grid of SI models on the sphere",
+        description="Train every (ELR, seed) member in one compiled step per epoch and "
+        "write DIR/config.json, DIR/metrics.npz and DIR/summary.json.",
+    )
+    _add_model_args(p, sweep=True)
     p.add_argument(
         "--random-walk",
         action="store_true",
@@ -114,27 +148,11 @@ def _add_output(p) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from three_regimes_jax.sweep import SweepConfig, run_sweep
+    from three_regimes_jax.sweep import run_sweep
 
-    if args.use_data_size is not None and args.use_data_size < 1:
-        raise UserError(f"--use-data-size must be >= 1, got {args.use_data_size}")
-    config = SweepConfig(
-        model=args.model,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        elrs=tuple(parse_elrs(args.elrs)),
-        seeds=tuple(parse_ints(args.seeds, "--seeds")),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        width=args.width,
-        depth=args.depth,
-        hidden=tuple(parse_ints(args.hidden, "--hidden")),
-        init_scale=args.init_scale,
-        use_data_size=args.use_data_size,
-        label_noise=args.label_noise,
-        noise_seed=args.noise_seed,
-        strategy=args.strategy,
-        drop_last=args.drop_last,
+    config = _config_from_args(
+        args,
+        tuple(parse_elrs(args.elrs)),
         random_walk=args.random_walk,
         sharpness_every=args.sharpness_every,
         sharpness_size=args.sharpness_size,
@@ -282,6 +300,67 @@ def _cmd_interpolate(args) -> int:
     return 0
 
 
+def _add_regimes(sub) -> None:
+    p = sub.add_parser(
+        "regimes",
+        help="label each member regime 1, 2 or 3 and estimate the transition ELRs",
+        description="Classify every member of a results directory; print a table and write "
+        "DIR/regimes.json.",
+    )
+    p.add_argument("dir", help="results directory of a sweep or fine-tune")
+    p.add_argument("--random-walk", help="results of the same grid run with --random-walk")
+    p.add_argument("--quiet", action="store_true", help="write regimes.json only")
+    p.set_defaults(func=_cmd_regimes)
+
+
+def _cmd_regimes(args) -> int:
+    from three_regimes_jax.regimes import run_regimes_command
+
+    _, table = run_regimes_command(args.dir, random_walk=args.random_walk)
+    if not args.quiet:
+        print(table)
+    return 0
+
+
+def _add_find_transitions(sub) -> None:
+    p = sub.add_parser(
+        "find-transitions",
+        help="locate the regime 1/2 and 2/3 borders by adaptive ELR refinement",
+        description="Each round trains one vmapped grid of --points log-spaced ELRs; the next "
+        "round zooms into the brackets where the regime label changes.",
+    )
+    _add_model_args(p, sweep=False)
+    p.add_argument("--elr-range", required=True, help="LO,HI, e.g. 1e-6,10")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--points", type=int, default=8, help="ELRs per round")
+    _add_output(p)
+    p.set_defaults(func=_cmd_find_transitions)
+
+
+def _cmd_find_transitions(args) -> int:
+    from three_regimes_jax.transitions import (
+        format_transitions,
+        parse_elr_range,
+        run_find_transitions_command,
+    )
+
+    elr_range = parse_elr_range(args.elr_range)
+    base = _config_from_args(args, (elr_range[0],))
+    report = run_find_transitions_command(
+        base,
+        elr_range,
+        args.rounds,
+        args.points,
+        args.epochs,
+        args.out,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(format_transitions(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = _Parser(prog=PROG, description="Scale-invariant networks on the sphere.")
@@ -290,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_interpolate(sub)
     _add_toy(sub)
+    _add_regimes(sub)
+    _add_find_transitions(sub)
     return parser
 
 

@@ -1,0 +1,364 @@
+"""Regime classification (regimes.py) and the transition search (transitions.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.regimes import (
+    REGIMES_FILE,
+    Criteria,
+    classify,
+    classify_dir,
+    run_regimes_command,
+    transition_brackets,
+    trend_slope,
+)
+from three_regimes_jax.results import write_results
+
+T = 40
+EPOCH = np.arange(1, T + 1, dtype=np.float64)
+
+
+def _curves(seed: int = 0) -> dict[str, np.ndarray]:
+    """Synthetic [G, T] curves: 1/t decay, exponential decay, spiky 1/t, plateau, chance, NaN."""
+    rng = np.random.default_rng(seed)
+    power = 0.5 / EPOCH
+    expo = np.maximum(np.exp(-EPOCH / 4.0), 1e-4)
+    spiky = 0.05 / EPOCH
+    spiky[[25, 33, 38]] *= 30.0  # regime-1 runs spike now and then
+    plateau = 0.3 * np.exp(rng.normal(0, 0.3, T))
+    plateau[:5] = [2.0, 1.0, 0.6, 0.4, 0.3]
+    chance = 4.0 * np.exp(rng.normal(0, 0.2, T))
+    nan = 0.5 / EPOCH
+    nan[12:] = np.nan
+    loss = np.stack([power, expo, spiky, plateau, chance, nan])
+    acc = np.stack(
+        [
+            1 - 0.5 * power,
+            1 - 0.5 * expo,
+            np.full(T, 1.0),
+            np.clip(0.9 + rng.normal(0, 0.02, T), 0, 1),
+            np.clip(0.1 + rng.normal(0, 0.03, T), 0, 1),
+            np.where(np.isfinite(nan), 0.9, np.nan),
+        ]
+    )
+    g = loss.shape[0]
+    return {
+        "elr": np.array([1e-4, 3e-4, 1e-3, 1e-2, 1e-1, 1.0]),
+        "seed": np.zeros(g, np.int64),
+        "epoch": EPOCH.astype(np.int64),
+        "train_loss": loss,
+        "train_acc": acc,
+        "test_loss": loss * 1.1,
+        "test_acc": acc * 0.98,
+        "diverged": ~np.all(np.isfinite(loss), axis=1),
+        "diverged_epoch": np.array([-1, -1, -1, -1, -1, 13]),
+    }
+
+
+def _check_report(report: dict, g: int) -> None:
+    """The regimes.json form, key by key and type by type."""
+    assert set(report) == {"members", "transitions", "midpoints", "criteria"}
+    assert len(report["members"]) == g
+    for m in report["members"]:
+        assert set(m) == {"elr", "seed", "regime", "confidence", "reason"}
+        assert isinstance(m["elr"], float) and isinstance(m["seed"], int)
+        assert m["regime"] in (1, 2, 3) and isinstance(m["regime"], int)
+        assert isinstance(m["confidence"], float) and 0.0 <= m["confidence"] <= 1.0
+        assert isinstance(m["reason"], str) and m["reason"]
+    for key in ("transitions", "midpoints"):
+        assert set(report[key]) == {"1-2", "2-3"}
+    for b in report["transitions"].values():
+        assert b is None or (len(b) == 2 and all(isinstance(v, float) for v in b) and b[0] < b[1])
+    for mid in report["midpoints"].values():
+        assert mid is None or isinstance(mid, float)
+    assert set(Criteria().to_dict()) <= set(report["criteria"])
+    json.dumps(report, allow_nan=False)  # strictly JSON-able
+
+
+def test_synthetic_curves():
+    m = _curves()
+    report = classify(m, num_classes=10)
+    _check_report(report, 6)
+    labels = [r["regime"] for r in report["members"]]
+    assert labels == [1, 1, 1, 2, 3, 3], [r["reason"] for r in report["members"]]
+    assert "non-finite" in report["members"][5]["reason"]
+    assert "13" in report["members"][5]["reason"]
+    assert report["members"][5]["confidence"] == 1.0
+    assert "chance" in report["members"][4]["reason"]
+    assert report["transitions"] == {"1-2": [1e-3, 1e-2], "2-3": [1e-2, 1e-1]}
+    assert math.isclose(report["midpoints"]["1-2"], math.sqrt(1e-5))
+    # Without accuracies the loss-level test still finds regime 3.
+    no_acc = {k: v for k, v in m.items() if k != "train_acc"}
+    assert [r["regime"] for r in classify(no_acc, num_classes=10)["members"]] == labels
+
+
+def test_confidence_is_margin_based():
+    m = _curves()
+    base = classify(m, num_classes=10)["members"]
+    # Regime 1 just under low_loss is less confident than far under it.
+    near = dict(m, train_loss=m["train_loss"].copy())
+    near["train_loss"][0] = 0.9 / EPOCH  # median over the window ~0.03
+    close = classify(near, num_classes=10)["members"][0]
+    assert close["regime"] == 1 and close["confidence"] < base[0]["confidence"]
+    # Regime 3 by accuracy just under the threshold (chance 0.1 + margin 0.1).
+    near["train_acc"][4] = np.full(T, 0.19)
+    near["train_loss"][4] = np.full(T, 1.0)
+    weak = classify(near, num_classes=10)["members"][4]
+    assert weak["regime"] == 3 and weak["confidence"] < 0.2 < base[4]["confidence"]
+    # Moving a threshold onto the statistic drives the confidence towards 0.
+    crit = Criteria(chance_margin=0.8)
+    assert classify(m, num_classes=10, criteria=crit)["members"][3]["confidence"] < 0.3
+
+
+def test_random_walk_reference_and_no_chance_info():
+    m = _curves()
+    m["adjacent_cos"] = np.stack([np.full(T, v) for v in (1.0, 1.0, 1.0, 0.8, 0.02, 0.9)])
+    # The plateau member's weights decorrelate like the random walk's: regime 3.
+    rw = {"elr": m["elr"], "seed": m["seed"], "adjacent_cos": np.full((6, T), 0.75)}
+    report = classify(m, num_classes=10, random_walk=rw)
+    assert report["members"][3]["regime"] == 3
+    assert "random walk" in report["members"][3]["reason"]
+    assert report["criteria"]["random_walk_reference"] is True
+    # Without num_classes/chance_loss no chance test runs; "not 3" gets 0.5 at most.
+    bare = classify({"train_loss": m["train_loss"][:4], "elr": m["elr"][:4]})
+    assert [r["regime"] for r in bare["members"]] == [1, 1, 1, 2]
+    assert all(r["confidence"] <= 0.5 for r in bare["members"])
+
+
+def test_undertrained_run_is_not_a_random_walk():
+    # A short run at a small ELR starts above chance loss (frozen last layer) and
+    # falls steadily: the chance tests are vetoed; a noisy one at that level is 3.
+    m = {
+        "elr": np.array([1e-3, 1.0]),
+        "train_loss": np.array([[2.9, 2.4, 2.1, 1.9], [2.9, 3.4, 2.6, 3.1]]),
+        "train_acc": np.array([[0.1, 0.12, 0.15, 0.18], [0.1, 0.12, 0.09, 0.1]]),
+    }
+    a, b = classify(m, num_classes=10)["members"]
+    assert a["regime"] == 2 and "not a random walk" in a["reason"] and a["confidence"] <= 0.25
+    assert b["regime"] == 3
+
+
+def test_trend_slope():
+    t = np.arange(10, 41, dtype=float)
+    assert trend_slope(t, 3.0 / t) == pytest.approx(-1.0, abs=0.02)
+    assert trend_slope(t, np.full(t.size, 0.2)) == pytest.approx(0.0, abs=1e-9)
+    spiky = 3.0 / t**2
+    spiky[[5, 20, 28]] *= 50
+    assert trend_slope(t, spiky) == pytest.approx(-2.0, abs=0.1)
+    assert math.isnan(trend_slope([1.0], [0.5]))
+
+
+def test_transition_brackets():
+    elrs = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    r = transition_brackets(elrs, [1, 1, 2, 3, 3])
+    assert r["transitions"] == {"1-2": [1e-3, 1e-2], "2-3": [1e-2, 1e-1]}
+    assert math.isclose(r["midpoints"]["2-3"], math.sqrt(1e-3))
+    # Unsorted input, two seeds that disagree: the union, midpoint = geometric mean.
+    r = transition_brackets(
+        [1e-2, 1e-3, 1e-4, 1e-3, 1e-2, 1e-4], [2, 1, 1, 2, 2, 1], [0, 0, 0, 1, 1, 1]
+    )
+    assert r["transitions"]["1-2"] == [1e-4, 1e-2]
+    assert math.isclose(r["midpoints"]["1-2"], math.sqrt(math.sqrt(1e-5 * 1e-7)))
+    assert r["transitions"]["2-3"] is None and r["midpoints"]["2-3"] is None
+    # Non-monotone labels widen the bracket; a direct 1 -> 3 jump brackets both borders.
+    r = transition_brackets(elrs, [1, 2, 1, 2, 2])
+    assert r["transitions"]["1-2"] == [1e-4, 1e-1]
+    r = transition_brackets(elrs, [1, 1, 3, 3, 3])
+    assert r["transitions"] == {"1-2": [1e-3, 1e-2], "2-3": [1e-3, 1e-2]}
+    assert transition_brackets(elrs, [2] * 5)["transitions"] == {"1-2": None, "2-3": None}
+    with pytest.raises(UserError):
+        transition_brackets(elrs, [1, 2, 4, 3, 3])
+
+
+def test_criteria_validation():
+    with pytest.raises(UserError, match="last_frac"):
+        Criteria(last_frac=0)
+    with pytest.raises(UserError, match="falling_slope"):
+        Criteria(falling_slope=0.1)
+    with pytest.raises(UserError, match="unknown criteria"):
+        Criteria.from_dict({"low_los": 1})
+    c = Criteria(low_loss=0.1)
+    assert Criteria.from_dict(c.to_dict()) == c
+    assert Criteria().window(20) == 10 and Criteria().window(3) == 3
+    assert Criteria(last_frac=0.1).window(20) == 5
+
+
+def test_regimes_command_writes_documented_json(tmp_path):
+    m = _curves()
+    summary = {"members": [], "epochs": T}
+    write_results(tmp_path, {"dataset": "digits", "kind": "sweep"}, m, summary)
+    report, table = run_regimes_command(tmp_path)
+    on_disk = json.loads((tmp_path / REGIMES_FILE).read_text())
+    assert on_disk == report
+    _check_report(on_disk, 6)
+    assert on_disk["criteria"]["chance_acc"] == pytest.approx(0.1)
+    head = table.splitlines()[0]
+    for col in ("ELR", "seed", "label", "conf", "train loss", "test error", "reason"):
+        assert col in head
+    assert len(table.splitlines()) == 2 + 6 + 2
+    assert classify_dir(tmp_path)["members"] == report["members"]
+    # cifar100 -> 100 classes.
+    write_results(tmp_path, {"dataset": "cifar100"}, m, summary)
+    assert classify_dir(tmp_path)["criteria"]["chance_acc"] == pytest.approx(0.01)
+    with pytest.raises(UserError, match="not a complete results directory"):
+        run_regimes_command(tmp_path / "missing")
+
+
+def test_regimes_module_imports_no_jax():
+    code = "import sys, three_regimes_jax.regimes; assert 'jax' not in sys.modules, 'jax'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------- toy
+
+
+ALPHAS = (1.0, 2.0, 4.0)
+
+
+def test_toy_three_elrs():
+    from three_regimes_jax import toy
+    from three_regimes_jax.transitions import classify_toy
+
+    elrs = [0.1, 0.2, 0.5, 10.0]
+    run = toy.run_toy(ALPHAS, elrs, 2000)
+    report = classify_toy(run.loss, ALPHAS, elrs)
+    _check_report(report, 4)
+    labels = [m["regime"] for m in report["members"]]
+    # Converged; settled equilibrium; chaotic equilibrium (toy.observed_regime's
+    # code 3 "not settled" is the paper's regime 2, as predicted_regime says).
+    assert labels[:3] == [1, 2, 2]
+    assert labels[:3] == [toy.predicted_regime(ALPHAS, e) for e in elrs[:3]]
+    assert [toy.observed_regime(run.loss[i, 0]) for i in range(3)] == [1, 2, 3]
+    assert all("theory" in m["reason"] and "steps" in m["reason"] for m in report["members"])
+    # Regime 3 on the toy: mean F within 10% of the random level sum(alpha)/2.
+    assert labels[3] == 3
+
+
+def test_find_toy_transitions_brackets_threshold():
+    from three_regimes_jax.transitions import find_toy_transitions
+
+    rep = find_toy_transitions(ALPHAS, (0.05, 0.5), rounds=2, points=8, steps=2000)
+    lo, hi = rep["transitions"]["1-2"]
+    thr = 1.0 / 7.0
+    assert rep["theory"]["1-2"] == pytest.approx(thr)
+    assert thr / 1.3 <= lo <= thr <= hi <= thr * 1.3
+    assert lo <= rep["midpoints"]["1-2"] <= hi
+    assert rep["transitions"]["2-3"] is None and "above the range" in rep["reasons"]["2-3"]
+    assert [len(r["elrs"]) for r in rep["rounds"]] == [8, 8]
+    assert rep["compute"] == {
+        "member_steps": 2 * 8 * 2000,
+        "wall_s": pytest.approx(sum(r["wall_s"] for r in rep["rounds"])),
+        "rounds": 2,
+    }
+    # Round 2 lies strictly inside round 1's bracket.
+    r1 = rep["rounds"][0]["transitions"]["1-2"]
+    assert all(r1[0] < e < r1[1] for e in rep["rounds"][1]["elrs"])
+
+
+def test_next_grid_and_range_parsing():
+    from three_regimes_jax.transitions import next_grid, parse_elr_range
+
+    # Touching brackets stay apart (4 + 4 points), identical ones merge.
+    g = next_grid([[0.1, 1.0], [1.0, 10.0]], 8)
+    assert len(g) == 8 and sum(e < 1.0 for e in g) == 4
+    assert len(next_grid([[0.1, 1.0], [0.1, 1.0]], 5)) == 5
+    assert next_grid([None, None], 8) == []
+    assert parse_elr_range("1e-6,10") == (1e-6, 10.0)
+    for bad in ("1,1", "10,1e-6", "0,1", "1e-6", "a,b"):
+        with pytest.raises(UserError):
+            parse_elr_range(bad)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def test_find_transitions_zooms_with_fake_sweeps(monkeypatch):
+    """The round loop, zooming and accounting, with a fake run_sweep (no training)."""
+    from three_regimes_jax import sweep
+    from three_regimes_jax.results import Results
+    from three_regimes_jax.sweep import SweepConfig
+    from three_regimes_jax.transitions import find_transitions
+
+    b12, b23, epochs = 0.02, 2.0, 10
+    t = np.arange(1, epochs + 1, dtype=float)
+    calls = []
+
+    def fake_run_sweep(config, out=None, **kwargs):
+        calls.append(config)
+        elr = np.asarray(config.member_elrs)
+        reg = np.where(elr < b12, 1, np.where(elr < b23, 2, 3))
+        loss = np.stack(
+            [{1: 0.05 / t, 2: np.full(epochs, 0.3), 3: np.full(epochs, 4.0)}[r] for r in reg]
+        )
+        acc = np.stack([np.full(epochs, {1: 1.0, 2: 0.9, 3: 0.1}[r]) for r in reg])
+        metrics = {"elr": elr, "seed": np.asarray(config.member_seeds), "epoch": t}
+        metrics.update(train_loss=loss, train_acc=acc)
+        return Results(config=config.to_dict(), metrics=metrics, summary={})
+
+    class FakeData:
+        num_classes = 10
+
+    monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
+    base = SweepConfig(seeds=(0, 1), epochs=1)
+    rep = find_transitions(
+        base, (1e-4, 100.0), rounds=3, points=6, epochs=epochs, dataset=FakeData()
+    )
+    assert len(calls) == 3 and all(c.epochs == epochs and c.seeds == (0, 1) for c in calls)
+    widths = []
+    for r in rep["rounds"]:
+        assert r["member_epochs"] == len(r["elrs"]) * 2 * epochs and r["dir"] is None
+        assert len(r["members"]) == 2 * len(r["elrs"])
+        widths.append([r["transitions"][b][1] / r["transitions"][b][0] for b in ("1-2", "2-3")])
+    assert np.all(np.diff(np.asarray(widths), axis=0) < 0)  # every round narrows both brackets
+    # Round 2 splits its 6 points between the two brackets.
+    lo1, hi1 = rep["rounds"][0]["transitions"]["1-2"]
+    assert sum(lo1 < e < hi1 for e in rep["rounds"][1]["elrs"]) == 3
+    for b, true in (("1-2", b12), ("2-3", b23)):
+        lo, hi = rep["transitions"][b]
+        assert lo < true <= hi and lo <= rep["midpoints"][b] <= hi
+    assert rep["compute"]["member_epochs"] == sum(r["member_epochs"] for r in rep["rounds"])
+    assert rep["compute"]["rounds"] == 3 and rep["epochs"] == epochs
+    assert "elrs" not in rep["config"] and rep["config"]["seeds"] == [0, 1]
+    # A range with no border inside says where it lies.
+    rep = find_transitions(
+        base, (1e-4, 1e-3), rounds=2, points=3, epochs=epochs, dataset=FakeData()
+    )
+    assert rep["transitions"] == {"1-2": None, "2-3": None}
+    assert "above the range" in rep["reasons"]["1-2"] and len(rep["rounds"]) == 1
+
+
+@pytest.mark.slow
+def test_find_transitions_network(tmp_path):
+    from three_regimes_jax.sweep import SweepConfig
+    from three_regimes_jax.transitions import TRANSITIONS_FILE, run_find_transitions_command
+
+    base = SweepConfig(dataset="digits", use_data_size=256, hidden=(16, 8), batch_size=64, epochs=1)
+    out = tmp_path / "ft"
+    rep = run_find_transitions_command(
+        base, (1e-3, 10.0), rounds=2, points=4, epochs=3, out=out, progress=False
+    )
+    assert json.loads((out / TRANSITIONS_FILE).read_text()) == json.loads(json.dumps(rep))
+    assert [r["round"] for r in rep["rounds"]] == [1, 2]
+    r1 = rep["rounds"][0]
+    assert r1["elrs"] == pytest.approx(list(np.geomspace(1e-3, 10.0, 4)))
+    assert r1["dir"] == "round_1" and (out / "round_1" / "metrics.npz").is_file()
+    assert rep["compute"]["member_epochs"] == sum(len(r["elrs"]) * 3 for r in rep["rounds"])
+    assert rep["compute"]["wall_s"] > 0 and rep["epochs"] == 3
+    for b in ("1-2", "2-3"):
+        iv = rep["transitions"][b]
+        assert rep["reasons"][b]
+        assert iv is None or 1e-3 <= iv[0] < iv[1] <= 10.0
+    # The results of a round classify as a regimes.json from a real run.
+    report, _ = run_regimes_command(out / "round_1")
+    _check_report(report, 4)
+    assert report["members"][-1]["regime"] == 3  # ELR 10 after 3 epochs: chance level
+    with pytest.raises(UserError, match="not empty"):
+        run_find_transitions_command(base, (1e-3, 10.0), 1, 2, 1, out=out, progress=False)
