@@ -121,8 +121,9 @@ def test_random_walk_keeps_sphere_and_loses_the_signal(full_run):
     assert rw["test_acc"][1, -1] < 0.5
 
 
-def test_cli_flags_reach_the_config(tmp_path):
-    out = tmp_path / "cli"
+def test_cli_flags_reach_the_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = "cli"  # relative: Orbax itself only takes absolute paths
     argv = ["sweep", "--dataset", "digits", "--use-data-size", "128", "--hidden", "8,8"]
     argv += ["--elrs", "1e-2", "--epochs", "2", "--checkpoint-epochs", "1", "--quiet"]
     argv += ["--sharpness-every", "2", "--sharpness-size", "64", "--sharpness-probes", "1"]
@@ -133,6 +134,7 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert cfg["checkpoint_epochs"] == [1] and cfg["random_walk"] is True
     assert (cfg["sharpness_every"], cfg["sharpness_size"]) == (2, 64)
     assert available_epochs(out) == [0, 1, 2]
+    assert main(["interpolate", "--a", "cli:1", "--b", "cli:2", "--out", "lc.npz", "--quiet"]) == 0
 
 
 def test_sigkill_mid_run_then_resume_is_byte_identical(tmp_path):

@@ -186,9 +186,10 @@ def checkpoint_dir(directory: str | Path) -> Path:
         checkpoints directory itself.
 
     Returns:
-      ``directory/checkpoints`` if it exists, else ``directory``.
+      ``directory/checkpoints`` if it exists, else ``directory`` (absolute:
+      Orbax refuses relative paths).
     """
-    directory = Path(directory)
+    directory = Path(directory).absolute()
     sub = directory / CHECKPOINTS
     return sub if sub.is_dir() else directory
 
@@ -267,7 +268,7 @@ class GridCheckpointer:
         input_shape: Sequence[int],
         seeds: Sequence[int] | None = None,
     ):
-        self.directory = Path(directory) / CHECKPOINTS
+        self.directory = Path(directory).absolute() / CHECKPOINTS  # Orbax needs absolute
         self.config = _config_dict(config)
         if seeds is None:
             seeds = getattr(config, "member_seeds", None)
