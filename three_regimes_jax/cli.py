@@ -3,7 +3,8 @@
 Subcommands: ``sweep`` (train an ELR x seed grid), ``finetune`` (pre-trained
 members x new ELRs), ``interpolate`` (linear connectivity between checkpoints),
 ``toy`` (the toy function of Sec. 3 with its theory), ``regimes`` (label each
-member), ``find-transitions`` (adaptive search of the regime borders).  Bad input prints one line
+member), ``find-transitions`` (adaptive search of the regime borders),
+``plot`` (figures).  Bad input prints one line
 ``three-regimes: error: ...`` on stderr and exits with code 2, writing nothing.
 """
 
@@ -361,6 +362,35 @@ def _cmd_find_transitions(args) -> int:
     return 0
 
 
+def _add_plot(sub) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="the paper's figures from results directories",
+        description="Render figures (PNG and PDF) from results directories, interpolate "
+        ".npz files or toy directories; several inputs are overlaid.",
+    )
+    p.add_argument("paths", nargs="+", help="results dirs, interpolate .npz files, toy dirs")
+    p.add_argument(
+        "--kind",
+        default="all",
+        help="overview, diagram, scatter, groups, lc, randomwalk, toy or all (default)",
+    )
+    p.add_argument("--out", help="figure directory (default: DIR/figures of the first input)")
+    p.add_argument("--member", help="member for --kind groups: ELR or ELR:SEED, e.g. 1e-3:0")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args) -> int:
+    from plotting import run_plot
+
+    files = run_plot(args.paths, kind=args.kind, out=args.out, member=args.member)
+    if not args.quiet:
+        for f in files:
+            print(f)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = _Parser(prog=PROG, description="Scale-invariant networks on the sphere.")
@@ -371,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_toy(sub)
     _add_regimes(sub)
     _add_find_transitions(sub)
+    _add_plot(sub)
     return parser
 
 
