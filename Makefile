@@ -20,6 +20,11 @@ demo: $(STAMP)
 	$(BIN)/three-regimes sweep --model mlp_si --dataset digits \
 	  --elrs 1e-3,1e-2,2e-2,3e-2,5e-2,1e-1,1 --epochs 60 --batch-size 64 \
 	  --out runs/demo --overwrite $(ARGS)
+	$(BIN)/three-regimes regimes runs/demo
+	$(BIN)/three-regimes plot runs/demo --kind overview --out runs/demo/figures --quiet
+	$(BIN)/three-regimes plot runs/demo --kind diagram --out runs/demo/figures --quiet
+	$(BIN)/three-regimes plot runs/demo --kind scatter --out runs/demo/figures
+
 
 test: $(STAMP)
 	$(BIN)/ruff check .

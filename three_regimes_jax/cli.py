@@ -4,7 +4,7 @@ Subcommands: ``sweep`` (train an ELR x seed grid), ``finetune`` (pre-trained
 members x new ELRs), ``interpolate`` (linear connectivity between checkpoints),
 ``toy`` (the toy function of Sec. 3 with its theory), ``regimes`` (label each
 member), ``find-transitions`` (adaptive search of the regime borders),
-``plot`` (figures).  Bad input prints one line
+``plot`` (figures), ``experiment`` (the paper's figures from a catalog).  Bad input prints one line
 ``three-regimes: error: ...`` on stderr and exits with code 2, writing nothing.
 """
 
@@ -391,6 +391,39 @@ def _cmd_plot(args) -> int:
     return 0
 
 
+def _add_experiment(sub) -> None:
+    p = sub.add_parser(
+        "experiment",
+        help="run a paper figure's experiment (experiments/README.md)",
+        description="Run the steps of a figure's config: the quick variant (minutes on a "
+        "CPU, real data) or the paper variant (the paper's model, data, ELRs and epochs).",
+    )
+    p.add_argument("name", nargs="?", help="e.g. fig1 (see --list)")
+    p.add_argument("--variant", default="quick", help="quick (default) or paper")
+    p.add_argument("--out", help="output directory (default runs/<name>-<variant>)")
+    p.add_argument("--dry-run", action="store_true", help="print the steps, run nothing")
+    p.add_argument("--list", action="store_true", help="list the experiments")
+    p.set_defaults(func=_cmd_experiment)
+
+
+def _cmd_experiment(args) -> int:
+    from experiments.runner import format_step, list_experiments, run_experiment
+
+    if args.list:
+        for row in list_experiments():
+            t = row["quick_time_s"]
+            when = f"{t:.0f} s" if isinstance(t, int | float) else "-"
+            print(f"{row['name']:>6} {row['status']:>8} {when:>7}  {row['title']}")
+        return 0
+    if not args.name:
+        raise UserError("give an experiment name (e.g. fig1) or --list")
+    steps = run_experiment(args.name, args.variant, args.out, dry_run=args.dry_run)
+    if args.dry_run:
+        for argv in steps:
+            print(format_step(argv))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = _Parser(prog=PROG, description="Scale-invariant networks on the sphere.")
@@ -402,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_regimes(sub)
     _add_find_transitions(sub)
     _add_plot(sub)
+    _add_experiment(sub)
     return parser
 
 
