@@ -135,14 +135,16 @@ def test_random_walk_reference_and_no_chance_info():
 
 def test_undertrained_run_is_not_a_random_walk():
     # A short run at a small ELR starts above chance loss (frozen last layer) and
-    # falls steadily: the chance tests are vetoed; a noisy one at that level is 3.
+    # falls steadily: the chance tests are vetoed and it is still converging (1);
+    # a noisy one at that level is 3.
     m = {
         "elr": np.array([1e-3, 1.0]),
         "train_loss": np.array([[2.9, 2.4, 2.1, 1.9], [2.9, 3.4, 2.6, 3.1]]),
         "train_acc": np.array([[0.1, 0.12, 0.15, 0.18], [0.1, 0.12, 0.09, 0.1]]),
     }
     a, b = classify(m, num_classes=10)["members"]
-    assert a["regime"] == 2 and "not a random walk" in a["reason"] and a["confidence"] <= 0.25
+    assert a["regime"] == 1 and "still converging" in a["reason"]
+    assert "not a random walk" in a["reason"] and a["confidence"] <= 0.25
     assert b["regime"] == 3
 
 

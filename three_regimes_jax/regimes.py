@@ -26,7 +26,11 @@ The rule, applied to every member on the window of its last epochs (the last
 3. **Regime 1** if the median train loss is ``< converged_loss``, or it is
    ``< low_loss`` and still falling: the slope of the lower envelope of
    ``log10(loss)`` against ``log10(epoch)`` (:func:`trend_slope`) is
-   ``<= falling_slope``.
+   ``<= falling_slope``; or, above ``low_loss``, it falls *steadily* (slope
+   ``<= falling_slope`` and falling in at least ``steady_frac`` of the
+   window's epochs): a slow run at a small ELR that has not converged yet
+   (half confidence).  Without this, short runs at tiny ELRs would be labelled
+   2 and break the monotone 1-2-3 order that the transition search relies on.
 4. **Regime 2** otherwise: a level away from chance that does not keep falling.
 
 Confidence is margin based: every test has a statistic ``s``, a threshold
@@ -106,7 +110,8 @@ class Criteria:
         0.5; on the toy the regime-2 level ``(sum(alpha) - 1/elr)/2`` reaches
         90% of the random level only at ``elr = 10/sum(alpha)``.  The mean (not
         the median) is used: a random walk's time average is the random level.
-      low_loss: regime 1 needs the median train loss over the window below it.
+      low_loss: regime 1 needs the median train loss over the window below it,
+        unless the loss falls steadily (see the module docstring).
         0.05 (nats): window medians of regime-1 runs measured 0.005-0.015
         (MNIST, 20 epochs) and 0.001-0.015 (digits, 30-60 epochs), the MNIST
         regime-2 plateau 0.11 (0.09-0.15).  Near the 1/2 border the regime-2
@@ -416,6 +421,15 @@ def _decide(
     d_fall = _squash(abs(st.slope - c.falling_slope) / unit) if np.isfinite(st.slope) else 0.5
     if low and falling:
         return 1, min(d_low, d_fall, not3), f"{level} < {c.low_loss:g} and falling ({slope})"
+    if falling and steady:
+        # Slow convergence (small ELR, few epochs): still descending steadily, just
+        # not low yet; a plateau (regime 2) is flat or noisy, not steadily falling.
+        return (
+            1,
+            0.5 * min(d_fall, not3),
+            f"{level} above {c.low_loss:g} but falling steadily ({slope}, in "
+            f"{st.falling_frac:.0%} of {time_unit}): still converging{note}",
+        )
     # ---- regime 2: neither
     not1 = max(d for d, ok in ((d_low, low), (d_fall, falling)) if not ok)
     conf = min(not3, not1)
