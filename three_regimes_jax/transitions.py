@@ -180,8 +180,13 @@ def _search(
             )
         if k == rounds:
             break
-        grid = next_grid(list(brackets["transitions"].values()), points)
-        if not grid:
+        measured = [m["elr"] for m in pooled]
+        grid = [
+            e
+            for e in next_grid(list(brackets["transitions"].values()), points)
+            if not any(math.isclose(e, d, rel_tol=1e-9) for d in measured)
+        ]
+        if not grid:  # nothing new to measure: the brackets cannot shrink further
             break
     labels = [m["regime"] for m in pooled]
     reasons = {}
