@@ -410,10 +410,15 @@ class GridTrainer:
         bs = int(batch_size or self.batch_size)
         cache_key = (int(n_probes), int(n_iters), bs)
         if cache_key not in self._sharpness_fns:
+            # Forward-mode products (Hessian/Fisher) need convolutions without
+            # the reverse-only custom VJP; the numbers are the same.
+            model = self.model
+            if "fast_vjp" in getattr(model, "__dataclass_fields__", {}):
+                model = model.clone(fast_vjp=False)
 
             def member_fn(ms, x, y, key):
                 return sharpness(
-                    self.model.apply,
+                    model.apply,
                     ms.params,
                     ms.batch_stats,
                     ms.frozen,

@@ -32,6 +32,9 @@ class ConvNetSI(nn.Module):
       init_scale: Frobenius norm of the frozen last-layer weight (paper: 10).
       train_last_layer: make the last layer trainable (non-SI) instead of frozen.
       bn_momentum: BatchNorm running-statistics momentum (PyTorch convention).
+      fast_vjp: convolutions with the loop-friendly VJP (see
+        :func:`~three_regimes_jax.models.layers.conv_same_fast_vjp`); set False
+        for forward-mode autodiff (``jax.jvp``), as the sharpness measures do.
     """
 
     width: int = 32
@@ -40,17 +43,20 @@ class ConvNetSI(nn.Module):
     init_scale: float = 10.0
     train_last_layer: bool = False
     bn_momentum: float = 0.1
+    fast_vjp: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = self.width
-        x = nn.relu(BatchNorm(self.bn_momentum)(SIConv(c)(x), train))
+        x = nn.relu(BatchNorm(self.bn_momentum)(SIConv(c, fast_vjp=self.fast_vjp)(x), train))
         for stage in range(3):
             n_blocks = self.depth // 3 + int(self.depth % 3 > stage)
             for b in range(n_blocks):
                 last = b == n_blocks - 1
                 c = 2 * c if last else c
-                x = nn.relu(BatchNorm(self.bn_momentum)(SIConv(c)(x), train))
+                x = nn.relu(
+                    BatchNorm(self.bn_momentum)(SIConv(c, fast_vjp=self.fast_vjp)(x), train)
+                )
                 if last:
                     x = _max_pool(x, 2)
         pool = 4 * (2 * (3 - self.depth) if self.depth < 3 else 1)

@@ -52,11 +52,65 @@ class SIDense(nn.Module):
         return x @ kernel
 
 
+def _same_pad(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    return [((d - 1) // 2, d // 2) for d in shape[:2]]
+
+
+def _conv_same(x: jax.Array, k: jax.Array, pad: list[tuple[int, int]] | None = None) -> jax.Array:
+    """Stride-1 'SAME' convolution, NHWC x HWIO -> NHWC (``pad``: from ``k`` by default)."""
+    pad = _same_pad(k.shape) if pad is None else pad
+    return jax.lax.conv_general_dilated(
+        x, k, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
+@jax.custom_vjp
+def conv_same_fast_vjp(x: jax.Array, k: jax.Array) -> jax.Array:
+    """:func:`_conv_same` (odd square kernels) whose VJP uses only NHWC x HWIO convolutions.
+
+    Inside ``lax.scan`` XLA:CPU lowers the transposed convolutions that JAX's
+    own VJP emits with non-canonical layouts, about 12x slower than the same
+    step outside a loop (``benchmarks/RESULTS.md``, ``conv_in_loop``).  Here the
+    input gradient is a convolution of ``dy`` with the flipped kernel (I/O
+    swapped) and the kernel gradient a convolution with the batch and feature
+    roles exchanged by explicit transposes, both in the canonical layout.
+    Reverse mode only (a ``custom_vjp``): forward-mode products (the sharpness
+    measures) use the plain convolution, see :attr:`SIConv.fast_vjp`.
+    """
+    return _conv_same(x, k)
+
+
+def _conv_fwd(x, k):
+    return _conv_same(x, k), (x, k)
+
+
+def _conv_bwd(res, dy):
+    x, k = res
+    dx = _conv_same(dy, jnp.transpose(k[::-1, ::-1], (0, 1, 3, 2)))
+    # [Ci, H, W, N] (*) [H, W, N, Co] -> [Ci, kh, kw, Co]
+    dk = _conv_same(
+        jnp.transpose(x, (3, 1, 2, 0)), jnp.transpose(dy, (1, 2, 0, 3)), _same_pad(k.shape)
+    )
+    return dx, jnp.transpose(dk, (1, 2, 0, 3)).astype(k.dtype)
+
+
+conv_same_fast_vjp.defvjp(_conv_fwd, _conv_bwd)
+
+
 class SIConv(nn.Module):
-    """Bias-free 3x3 convolution (stride 1, padding 1) with an SI kernel."""
+    """Bias-free convolution (stride 1, 'SAME' padding) with an SI kernel.
+
+    Attributes:
+      features: output channels.
+      kernel_size: odd square kernel size (3 in the paper).
+      fast_vjp: use :func:`conv_same_fast_vjp` (reverse mode only; same values
+        and gradients to float rounding); ``False`` gives the plain
+        convolution, which also supports forward-mode autodiff.
+    """
 
     features: int
     kernel_size: int = 3
+    fast_vjp: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -67,13 +121,8 @@ class SIConv(nn.Module):
             scale_invariant(torch_uniform(fan_in)),
             (k, k, x.shape[-1], self.features),
         )
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(1, 1),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        conv = conv_same_fast_vjp if self.fast_vjp else _conv_same
+        return conv(x, kernel)
 
 
 class BatchNorm(nn.Module):
