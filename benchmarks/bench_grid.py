@@ -16,14 +16,13 @@ analysis counts a ``while`` body once, so it cannot be taken from the epoch).
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_grid.py            # default run (~2-3 min)
-    .venv/bin/python benchmarks/bench_grid.py --quick    # fewer G values (~40 s; conv G=1)
-    .venv/bin/python benchmarks/bench_grid.py --full     # ConvNetSI also at G=8 (~6-8 min)
+    .venv/bin/python benchmarks/bench_grid.py            # default run (~2 min)
+    .venv/bin/python benchmarks/bench_grid.py --quick    # fewer G values and steps (~30-40 s)
+    .venv/bin/python benchmarks/bench_grid.py --full     # more steps and repeats (~4 min)
     .venv/bin/python benchmarks/bench_grid.py --write    # also update RESULTS.md
-
-ConvNetSI steps inside the library's loops take 1-3 s each on this machine (see
-``conv_in_loop.py``), so the default run stops ConvNetSI at G=4 with one timed
-epoch per configuration; ``--full`` adds G=8 and a second timed epoch.
+    .venv/bin/python benchmarks/bench_grid.py --models convnet_si --conv-vjp autodiff
+        # ConvNetSI with JAX's own conv VJP (fast_vjp=False): the state before the
+        # fast VJP, 1-3 s per step in the loops, so G=1,2 and one short epoch (~1 min)
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from common import (
     SGEMM_PEAK_GFLOPS,
     conv_flops,
     cpu_model,
+    git_revision,
     load_average,
     markdown_table,
     median_and_min,
@@ -68,23 +68,29 @@ class Case:
     repeats: int  # timed epochs per configuration
     warmup: int  # untimed epochs after compilation
     analytic_flops: float
+    fast_vjp: bool = True  # ConvNetSI only: SIConv(fast_vjp=...)
 
 
-def cases(quick: bool, full: bool) -> dict[str, Case]:
+def cases(quick: bool, full: bool, fast_vjp: bool) -> dict[str, Case]:
     """Benchmark settings per model.
 
-    ConvNetSI steps take ~1 s inside the library's loops on this machine, so its
-    epochs are short (2 steps: per-epoch overhead is < 1 ms, nothing to amortize)
-    and have no warm-up epoch (the compiled executable has already been built).
+    With JAX's own conv VJP (``fast_vjp=False``) a ConvNetSI step takes 1-3 s inside
+    the library's loops, so its epochs are then short (2 steps: per-epoch overhead
+    is < 1 ms, nothing to amortize) with no warm-up epoch and one timed epoch.
     """
+    mlp_steps, mlp_reps = (16, 3) if quick else (32, 5)
+    conv_steps, conv_reps = (2, 1) if quick else (8, 3) if full else (4, 2)
+    conv_warmup = 1
+    if not fast_vjp:
+        conv_steps, conv_reps, conv_warmup = 2, 1, 0
+    label = f"ConvNetSI-{CONV_WIDTH}" + ("" if fast_vjp else " (autodiff conv VJP)")
     return {
         "mlp_si": Case(
-            "mlp_si", "MLP-SI 784-300-100", (28, 28, 1), 16 if quick else 32, 3 if quick else 5, 1,
-            mlp_flops(),
+            "mlp_si", "MLP-SI 784-300-100", (28, 28, 1), mlp_steps, mlp_reps, 1, mlp_flops()
         ),
         "convnet_si": Case(
-            "convnet_si", f"ConvNetSI-{CONV_WIDTH}", (32, 32, 3), 2, 2 if full else 1, 0,
-            conv_flops(),
+            "convnet_si", label, (32, 32, 3), conv_steps, conv_reps, conv_warmup, conv_flops(),
+            fast_vjp,
         ),
     }  # fmt: skip
 
@@ -109,6 +115,9 @@ def make(case: Case, strategy: str, g: int):
         drop_last=True,
     )
     trainer = make_trainer(cfg, 10, case.input_shape)
+    if case.model == "convnet_si":
+        # The trainer traces self.model when its functions are first compiled.
+        trainer.model = trainer.model.clone(fast_vjp=case.fast_vjp)
     state = trainer.init(cfg.member_elrs, cfg.member_seeds, case.input_shape)
     return trainer, state
 
@@ -195,15 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--reference-only", action="store_true", help="only the one-jitted-step reference rows"
     )
+    p.add_argument(
+        "--conv-vjp",
+        choices=("fast", "autodiff"),
+        default="fast",
+        help="ConvNetSI conv VJP: the library default (fast) or JAX's own (autodiff, slow)",
+    )
     p.add_argument("--grid-sizes", default=None, help="override G values, e.g. 1,2,4,8")
     args = p.parse_args(argv)
 
     quick, full = args.quick, args.full and not args.quick
-    all_cases = cases(quick, full)
+    fast_vjp = args.conv_vjp == "fast"
+    all_cases = cases(quick, full, fast_vjp)
     models = [m for m in args.models.split(",") if m]
     strategies = [s for s in args.strategies.split(",") if s]
     default_g = {"mlp_si": (1, 4) if quick else (1, 2, 4, 8)}
-    default_g["convnet_si"] = (1,) if quick else (1, 2, 4, 8) if full else (1, 2, 4)
+    default_g["convnet_si"] = (1, 2) if quick or not fast_vjp else (1, 2, 4, 8)
     cmd = "benchmarks/bench_grid.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
     cmd = re.sub(r" --write| --wait-quiet[ =]\S+", "", cmd)
 
@@ -215,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     peak_now = sgemm_gflops()
     print(f"# jitted 2048^3 sgemm in this run: {peak_now:.0f} GFLOP/s (reference peak 380)")
 
-    rows, ratios = [], []
+    rows, ratios, model_notes = [], [], []
     for name in models:
         case = all_cases[name]
         gs = (
@@ -225,12 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         ref = step_reference(case, repeats=5 if name == "convnet_si" else 20)
         flops = ref["flops"]
-        print(
-            f"## {case.label}: XLA cost analysis {flops / 1e6:.0f} MFLOP/step, "
-            f"analytic {case.analytic_flops / 1e6:.0f} MFLOP/step; "
-            f"{case.steps} steps/epoch, {case.warmup} warm-up + {case.repeats} timed epochs",
-            flush=True,
+        model_notes.append(
+            f"{case.label}: XLA cost analysis {flops / 1e6:.0f} MFLOP/step (analytic "
+            f"{case.analytic_flops / 1e6:.0f}); {case.steps} steps/epoch, {case.warmup} warm-up "
+            f"+ {case.repeats} timed epochs per configuration."
         )
+        print("## " + model_notes[-1], flush=True)
 
         def row(strategy, g, steps, r, case=case, flops=flops, echo=True):
             gfs = flops / (r["ms"] * 1e-3) / 1e9
@@ -282,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     notes = (
         f"Command: `.venv/bin/python {cmd}` "
-        f"({cpu_model()}, {jax.device_count()} CPU device, jax {jax.__version__}; "
+        f"(commit {git_revision()}; {cpu_model()}, {jax.device_count()} CPU device, "
+        f"jax {jax.__version__}; "
         f"CPUs busy before start: {busy_str}; load average after: {load_average()}; "
         f"in-run 2048^3 sgemm {peak_now:.0f} GFLOP/s; "
         f"total {total:.0f} s)."
@@ -293,8 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     print(notes)
     if args.write:
         section = "bench_grid_quick" if quick else "bench_grid_full" if full else "bench_grid"
+        section += "" if fast_vjp else "_autodiff_conv"
         section = "bench_grid_reference" if args.reference_only else section
-        write_section(section, f"{notes}\n\n{table}")
+        write_section(section, "\n".join([notes, "", *model_notes, "", table]))
     return 0
 
 

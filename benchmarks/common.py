@@ -79,6 +79,23 @@ def wait_for_quiet(max_wait_s: float, threshold: float = 0.2) -> float:
     return busy
 
 
+def git_revision() -> str:
+    """Short commit of the repository, with ``+dirty`` when the library has local changes."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        rev = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "three_regimes_jax")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev + ("+dirty" if dirty else "")
+
+
 def cpu_model() -> str:
     """The ``Model name`` line of ``lscpu`` (falls back to ``platform.processor()``)."""
     try:
