@@ -312,7 +312,10 @@ class GridTrainer:
     # ------------------------------------------------------------------ grid functions
 
     def _over_members(self, fn: Callable, state: GridState, *shared: jax.Array):
-        if self.strategy == "vmap":
+        # A one-member "vmap" only adds batching overhead (~1.3x per MLP step,
+        # benchmarks/RESULTS.md): run it as the one-iteration map instead.
+        g = jax.tree.leaves(state)[0].shape[0]
+        if self.strategy == "vmap" and g > 1:
             return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(state, *shared)
         return jax.lax.map(lambda ms: fn(ms, *shared), state)
 
