@@ -53,8 +53,10 @@ from common import (
     xla_flops,
 )
 
-from three_regimes_jax.grid import member
-from three_regimes_jax.sweep import SweepConfig, make_trainer
+from three_regimes_jax.config import Config
+from three_regimes_jax.engine.grid import member
+from three_regimes_jax.engine.train import GridTrainer, make_train_step
+from three_regimes_jax.studies.run import make_trainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +107,7 @@ def synthetic(case: Case, n: int, seed: int = 0):
 
 def make(case: Case, strategy: str, g: int):
     """Trainer and initial grid state of ``g`` members (one seed, ``g`` ELRs)."""
-    cfg = SweepConfig(
+    cfg = Config.from_flat(
         model=case.model,
         width=CONV_WIDTH,
         batch_size=BATCH,
@@ -116,8 +118,14 @@ def make(case: Case, strategy: str, g: int):
     )
     trainer = make_trainer(cfg, 10, case.input_shape)
     if case.model == "convnet_si":
-        # The trainer traces self.model when its functions are first compiled.
-        trainer.model = trainer.model.clone(fast_vjp=case.fast_vjp)
+        # The trainer's functions are built from its model: rebuild with the VJP variant.
+        trainer = GridTrainer(
+            trainer.model.clone(fast_vjp=case.fast_vjp),
+            trainer.si_mask,
+            batch_size=BATCH,
+            strategy=strategy,
+            drop_last=True,
+        )
     state = trainer.init(cfg.member_elrs, cfg.member_seeds, case.input_shape)
     return trainer, state
 
@@ -128,7 +136,11 @@ def step_reference(case: Case, repeats: int) -> dict:
     ms = member(state, 0)
     x, y = synthetic(case, BATCH, seed=1)
     t0 = time.perf_counter()
-    compiled = jax.jit(trainer._train_step).lower(ms, x, y).compile()
+    compiled = (
+        jax.jit(make_train_step(trainer.model, trainer.si_mask, trainer.optimizer))
+        .lower(ms, x, y)
+        .compile()
+    )
     compile_s = time.perf_counter() - t0
     flops = xla_flops(compiled)
     box = [ms]
@@ -154,7 +166,7 @@ def grid_epochs(case: Case, strategies: list[str], g: int) -> dict[str, dict]:
         trainer, state = make(case, strategy, g)
         t0 = time.perf_counter()
         # The function train_epoch calls (jit of vmap/lax.map of lax.scan of the step).
-        compiled = trainer._train_epoch.lower(state, x, y, jnp.asarray(0, jnp.uint32)).compile()
+        compiled = trainer.train_epoch_fn.lower(state, x, y, jnp.asarray(0, jnp.uint32)).compile()
         compile_s[strategy] = time.perf_counter() - t0
         box = [state, 0]
 

@@ -16,8 +16,9 @@ import time
 
 import jax
 
-from three_regimes_jax.loop import DeviceData
-from three_regimes_jax.sweep import SweepConfig, load_sweep_data, make_trainer
+from three_regimes_jax.config import Config
+from three_regimes_jax.engine.loop import DeviceData
+from three_regimes_jax.studies.run import load_data, make_trainer
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -35,8 +36,10 @@ def main() -> None:
     ap.add_argument("--data-dir", default="../shared/data/mnist")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    cfg = SweepConfig(dataset="mnist", data_dir=args.data_dir, elrs=(1e-4, 1e-3, 1e-2, 1e-1, 1.0))
-    ds = load_sweep_data(cfg)
+    cfg = Config.from_flat(
+        dataset="mnist", data_dir=args.data_dir, elrs=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+    )
+    ds = load_data(cfg)
     data = DeviceData.from_dataset(ds)
     trainer = make_trainer(cfg, ds.num_classes, ds.image_shape)
     state = trainer.init(cfg.member_elrs, cfg.member_seeds, ds.image_shape)

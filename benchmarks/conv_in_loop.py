@@ -51,8 +51,10 @@ from common import (
     xla_flops,
 )
 
-from three_regimes_jax.grid import member
-from three_regimes_jax.sweep import SweepConfig, make_trainer
+from three_regimes_jax.config import Config
+from three_regimes_jax.engine.grid import member
+from three_regimes_jax.engine.train import GridTrainer, make_train_step
+from three_regimes_jax.studies.run import make_trainer
 
 INPUT_SHAPE = (32, 32, 3)
 STEPS = 2  # batches per scan; >= 2, else XLA removes the one-trip loop
@@ -70,7 +72,7 @@ def conv_census(compiled) -> str:
 
 def setup(fast_vjp: bool, strategy: str = "map", g: int = 1):
     """Trainer (ConvNetSI-8 with or without the fast conv VJP), grid state and STEPS batches."""
-    cfg = SweepConfig(
+    cfg = Config.from_flat(
         model="convnet_si",
         width=CONV_WIDTH,
         batch_size=BATCH,
@@ -79,8 +81,14 @@ def setup(fast_vjp: bool, strategy: str = "map", g: int = 1):
         drop_last=True,
     )
     trainer = make_trainer(cfg, 10, INPUT_SHAPE)
-    # The trainer traces self.model when its functions are first compiled.
-    trainer.model = trainer.model.clone(fast_vjp=fast_vjp)
+    # The trainer's functions are built from its model: rebuild with the VJP variant.
+    trainer = GridTrainer(
+        trainer.model.clone(fast_vjp=fast_vjp),
+        trainer.si_mask,
+        batch_size=BATCH,
+        strategy=strategy,
+        drop_last=True,
+    )
     state = trainer.init(cfg.member_elrs, cfg.member_seeds, INPUT_SHAPE)
     kx, ky = jax.random.split(jax.random.key(1))
     xs = jax.random.normal(kx, (STEPS, BATCH, *INPUT_SHAPE))
@@ -95,14 +103,18 @@ def measure_step(fast_vjp: bool, how: str, repeats: int) -> dict:
 
     def scan(ms, xs, ys):
         def body(ms, batch):
-            ms, m = trainer._train_step(ms, *batch)
+            ms, m = make_train_step(trainer.model, trainer.si_mask, trainer.optimizer)(ms, *batch)
             return ms, m["batch_loss"]
 
         return jax.lax.scan(body, ms, (xs, ys), unroll=how == "unrolled")
 
     t0 = time.perf_counter()
     if how == "alone":
-        compiled = jax.jit(trainer._train_step).lower(ms0, xs[0], ys[0]).compile()
+        compiled = (
+            jax.jit(make_train_step(trainer.model, trainer.si_mask, trainer.optimizer))
+            .lower(ms0, xs[0], ys[0])
+            .compile()
+        )
     else:
         compiled = jax.jit(scan).lower(ms0, xs, ys).compile()
     compile_s = time.perf_counter() - t0
@@ -135,7 +147,7 @@ def measure_grid(strategy: str, g: int, repeats: int) -> dict:
     trainer, state, xs, ys = setup(True, strategy, g)
     x, y = xs.reshape(-1, *INPUT_SHAPE), ys.reshape(-1)
     t0 = time.perf_counter()
-    compiled = trainer._train_epoch.lower(state, x, y, jnp.asarray(0, jnp.uint32)).compile()
+    compiled = trainer.train_epoch_fn.lower(state, x, y, jnp.asarray(0, jnp.uint32)).compile()
     compile_s = time.perf_counter() - t0
     box = [state]
 

@@ -1,26 +1,31 @@
 """The experiment catalog: one JSON config per paper figure, listed, validated and run.
 
 A config (``experiments/configs/figNN.json``) describes how to reproduce one
-figure of Kodryan et al. (NeurIPS 2022) with the ``three-regimes`` command line.
-A figure that is ready has two variants: ``paper`` (the paper's model, data,
-ELR grid and epochs, for a GPU) and ``quick`` (a few minutes on a 2-core CPU,
-on real data, showing the same qualitative effect).  Each variant is a list of
-steps; a step is the argument list of one ``three-regimes`` call, without the
-program name, e.g. ``["sweep", "--elrs", "1e-3,1e-2", "--epochs", "5", "--out",
-"{out}/sweep"]``.
+figure of Kodryan et al. (NeurIPS 2022).  A figure that is ready has two
+variants: ``paper`` (the paper's model, data, ELR grid and epochs, for a GPU)
+and ``quick`` (a few minutes on a 2-core CPU, on real data, showing the same
+qualitative effect).  Each variant is a list of steps; a step is a JSON object
+whose ``run`` names what it does (``sweep``, ``finetune``, ``interpolate``,
+``toy``, ``regimes``, ``plot``, ``find-transitions``) and whose other keys are
+its arguments; training steps hold a config tree (see :mod:`experiments.steps`),
+e.g. ``{"run": "sweep", "config": {"train": {"elrs": [0.001, 0.01], "epochs":
+5}}, "out": "{out}/sweep"}``.
 
-Placeholders in a step's arguments:
+Placeholders in any string of a step:
 
 - ``{out}``: the experiment's output directory (default ``runs/<name>-<variant>``);
 - ``{data}``: the data root: ``$THREE_REGIMES_DATA_DIR`` if set, else
   ``../shared/data`` relative to the repository, resolved when the experiment runs.
 
-Steps run in-process through :func:`three_regimes_jax.cli.main`.  Before
-anything runs, every step is checked with the command line's argument parser
-and every path that uses ``{data}`` must exist, so a typo, a subcommand this
-installation lacks or missing data fails at once with one line, not after an
-hour of training.  A step with a non-zero exit code stops the experiment with a
+Steps run in-process by calling the studies, analysis and plotting functions
+directly (:func:`experiments.steps.run_step`).  Loading a config checks every
+step's kind, keys and placeholders; before anything runs, every step's config
+tree is built (so its values are checked) and every path that uses ``{data}``
+must exist, so a typo or missing data fails at once with one line, not after
+an hour of training.  A step that fails stops the experiment with a
 :class:`~three_regimes_jax.errors.UserError` that names it.
+:func:`~experiments.commands.format_step` renders a step as the equivalent
+``three-regimes`` command line (``--dry-run``).
 
 Figures that are not about training on the sphere (standard training with
 weight decay) are listed with ``"status": "pending"`` and cannot be run yet.
@@ -32,26 +37,20 @@ import copy
 import json
 import os
 import re
-import shlex
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from experiments.commands import format_step
+from experiments.steps import (
+    PLACEHOLDER_RE,
+    check_step,
+    run_step,
+    strings,
+    validate_step,
+)
 from three_regimes_jax.errors import UserError
 
-#: Subcommands a step may start with (some are wired into the CLI later).
-KNOWN_SUBCOMMANDS = (
-    "sweep",
-    "finetune",
-    "interpolate",
-    "toy",
-    "plot",
-    "regimes",
-    "find-transitions",
-    "experiment",
-)
-#: Placeholders a step may use.
-PLACEHOLDERS = ("out", "data")
 VARIANTS = ("paper", "quick")
 STATUSES = ("ready", "pending")
 
@@ -61,7 +60,6 @@ _VARIANT_KEYS = {
     "paper": ("steps", "estimated_time", "estimate_basis"),
     "quick": ("steps", "measured_time_s", "measured_on"),
 }
-_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _NAME_RE = re.compile(r"^(?:fig(?:ure)?\.?\s*)?0*(\d+)$", re.IGNORECASE)
 DATA_ENV = "THREE_REGIMES_DATA_DIR"
 
@@ -148,8 +146,10 @@ def load_experiment(name: str) -> dict[str, Any]:
 def validate_config(cfg: dict[str, Any], name: str = "config") -> None:
     """Checks a config's keys, variants and steps.
 
-    Every step must be a non-empty list of strings whose first word is one of
-    :data:`KNOWN_SUBCOMMANDS` and whose placeholders are in :data:`PLACEHOLDERS`.
+    Every step must have a known kind (``run``), known keys of the right JSON
+    types, known config sections and fields, and only the ``{out}`` and
+    ``{data}`` placeholders (:func:`experiments.steps.validate_step`).  Values
+    are checked when the experiment runs (:func:`check_steps`).
 
     Raises:
       UserError: one line naming the experiment and what is wrong.
@@ -179,26 +179,10 @@ def validate_config(cfg: dict[str, Any], name: str = "config") -> None:
         if not isinstance(steps, list) or not steps:
             raise UserError(f"experiment {name} ({variant}): steps must be a non-empty list")
         for i, step in enumerate(steps, 1):
-            _validate_step(step, f"experiment {name} ({variant}) step {i}")
+            validate_step(step, f"experiment {name} ({variant}) step {i}")
     t = variants["quick"]["measured_time_s"]
     if t is not None and not (isinstance(t, int | float) and t >= 0):
         raise UserError(f"experiment {name} (quick): measured_time_s must be a number >= 0")
-
-
-def _validate_step(step: Any, where: str) -> None:
-    if not (isinstance(step, list) and step and all(isinstance(a, str) for a in step)):
-        raise UserError(f"{where}: a step must be a non-empty list of strings")
-    if step[0] not in KNOWN_SUBCOMMANDS:
-        raise UserError(
-            f"{where}: unknown subcommand {step[0]!r}; use one of {', '.join(KNOWN_SUBCOMMANDS)}"
-        )
-    for arg in step:
-        for ph in _PLACEHOLDER_RE.findall(arg):
-            if ph not in PLACEHOLDERS:
-                raise UserError(
-                    f"{where}: unknown placeholder {{{ph}}} in {arg!r}; "
-                    f"known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
-                )
 
 
 def data_root() -> Path:
@@ -210,28 +194,16 @@ def data_root() -> Path:
     return repo.parent / "shared" / "data"
 
 
-def substitute(step: list[str], out: str | os.PathLike, data: str | os.PathLike) -> list[str]:
-    """Replaces ``{out}`` and ``{data}`` in every argument of a step."""
+def substitute(step: Any, out: str | os.PathLike, data: str | os.PathLike) -> Any:
+    """A copy of a step with ``{out}`` and ``{data}`` replaced in every string."""
     values = {"out": str(out), "data": str(data)}
-    return [_PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], a) for a in step]
-
-
-def format_step(argv: list[str]) -> str:
-    """A step as a shell command line (``three-regimes sweep ...``)."""
-    return "three-regimes " + shlex.join(argv)
-
-
-def registered_subcommands() -> set[str]:
-    """Subcommands the installed ``three-regimes`` command line knows."""
-    import argparse
-
-    from three_regimes_jax.cli import build_parser
-
-    parser = build_parser()
-    for action in parser._actions:  # argparse keeps subparsers here, no public accessor
-        if isinstance(action, argparse._SubParsersAction):
-            return set(action.choices)
-    return set()
+    if isinstance(step, str):
+        return PLACEHOLDER_RE.sub(lambda m: values[m.group(1)], step)
+    if isinstance(step, dict):
+        return {k: substitute(v, out, data) for k, v in step.items()}
+    if isinstance(step, list):
+        return [substitute(v, out, data) for v in step]
+    return step
 
 
 def run_experiment(
@@ -239,26 +211,23 @@ def run_experiment(
     variant: str = "quick",
     out: str | os.PathLike | None = None,
     dry_run: bool = False,
-    *,
-    skip_unregistered: bool = False,
-) -> list[list[str]]:
+) -> list[dict[str, Any]]:
     """Runs an experiment's steps in order (or, with ``dry_run``, only returns them).
 
     Args:
       name: experiment name (``fig1``, ``1``, ...).
       variant: ``quick`` (default) or ``paper``.
       out: output directory (default ``runs/<name>-<variant>``).
-      dry_run: return the substituted steps without checking data or running.
-      skip_unregistered: leave out steps whose subcommand the installed CLI does
-        not have yet (e.g. ``plot`` before it is wired) instead of refusing.
+      dry_run: return the substituted steps without checking values or data,
+        and without running anything (:func:`format_step` renders them).
 
     Returns:
-      The argument lists of the steps (substituted), in order: those run, or
-      with ``dry_run`` those that would run.
+      The steps (placeholders substituted), in order: those run, or with
+      ``dry_run`` those that would run.
 
     Raises:
-      UserError: unknown name or variant, a pending figure, a step the CLI
-        rejects, missing data, or a step that exits non-zero (named in the message).
+      UserError: unknown name or variant, a pending figure, a step whose values
+        are invalid, missing data, or a step that fails (named in the message).
     """
     canon = canonical_name(name)
     cfg = load_experiment(canon)
@@ -275,49 +244,56 @@ def run_experiment(
     if dry_run:
         return steps
     label = f"{canon} ({variant})"
-    if skip_unregistered:
-        have = registered_subcommands()
-        kept = [(r, s) for r, s in zip(raw, steps, strict=True) if s[0] in have]
-        raw, steps = [r for r, _ in kept], [s for _, s in kept]
-    _check_steps(steps, label)
+    check_steps(steps, label)
     _check_data(raw, steps, label, data)
-    from three_regimes_jax.cli import main
-
     out.mkdir(parents=True, exist_ok=True)
-    for i, argv in enumerate(steps, 1):
-        print(f"[{label} {i}/{len(steps)}] {format_step(argv)}", flush=True)
-        rc = main(argv)
-        if rc != 0:
-            raise UserError(
-                f"{label}: step {i}/{len(steps)} failed (exit code {rc}): {format_step(argv)}"
-            )
+    for i, step in enumerate(steps, 1):
+        where = f"{label}: step {i}/{len(steps)}"
+        print(f"[{where}] {format_step(step)}", flush=True)
+        try:
+            run_step(step)
+        except UserError as e:
+            raise UserError(f"{where} failed: {e} ({format_step(step)})") from None
     return steps
 
 
-def _check_steps(steps: list[list[str]], label: str) -> None:
-    """Parses every step with the CLI's parser before anything runs."""
-    from three_regimes_jax.cli import build_parser
+def check_steps(steps: list[dict[str, Any]], label: str) -> None:
+    """Checks every step's values (builds its config) before anything runs.
 
-    have = registered_subcommands()
-    for i, argv in enumerate(steps, 1):
-        where = f"{label}: step {i}/{len(steps)} ({format_step(argv)})"
-        if argv[0] not in have:
-            raise UserError(
-                f"{where} needs the `{argv[0]}` subcommand, which this installation of "
-                "three-regimes does not have yet; nothing was run"
-            )
+    Raises:
+      UserError: naming the experiment, the step and its command line.
+    """
+    for i, step in enumerate(steps, 1):
         try:
-            build_parser().parse_args(argv)
+            check_step(step)
         except UserError as e:
-            raise UserError(f"{where} is invalid: {e}; nothing was run") from None
+            raise UserError(
+                f"{label}: step {i}/{len(steps)} ({format_step(step)}) is invalid: {e}; "
+                "nothing was run"
+            ) from None
 
 
-def _check_data(raw: list[list[str]], steps: list[list[str]], label: str, data: Path) -> None:
-    """Every argument that uses ``{data}`` must name an existing path."""
-    for r_step, s_step in zip(raw, steps, strict=True):
-        for r, s in zip(r_step, s_step, strict=True):
-            if "{data}" in r and not Path(s).exists():
-                raise UserError(
-                    f"{label} needs data at {s}, which is missing; put it there or set "
-                    f"{DATA_ENV} to the folder that holds it (now {data}); nothing was run"
-                )
+def _check_data(raw: list[Any], steps: list[Any], label: str, data: Path) -> None:
+    """Every string that uses ``{data}`` must name an existing path."""
+    for r, s in zip(strings(raw), strings(steps), strict=True):
+        if "{data}" in r and not Path(s).exists():
+            raise UserError(
+                f"{label} needs data at {s}, which is missing; put it there or set "
+                f"{DATA_ENV} to the folder that holds it (now {data}); nothing was run"
+            )
+
+
+__all__ = [
+    "DATA_ENV",
+    "VARIANTS",
+    "canonical_name",
+    "check_steps",
+    "data_root",
+    "experiment_names",
+    "format_step",
+    "list_experiments",
+    "load_experiment",
+    "run_experiment",
+    "substitute",
+    "validate_config",
+]

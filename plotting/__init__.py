@@ -1,6 +1,6 @@
 """Figures of the three_regimes_jax experiments (matplotlib, no pyplot global state).
 
-Reads results only through the results format (``three_regimes_jax.results``,
+Reads results only through the results format (``three_regimes_jax.storage.results``,
 numpy only) and never imports training code or JAX.  Every figure function
 returns a :class:`matplotlib.figure.Figure` on an Agg canvas:
 
@@ -10,16 +10,20 @@ returns a :class:`matplotlib.figure.Figure` on an Agg canvas:
 - :func:`groups`: per-group ELR, eff. gradient norm and ESS (Fig. 4, 20, 21);
 - :func:`lc`: linear connectivity from interpolate files (Fig. 19, 22);
 - :func:`randomwalk`: SGD vs random walk (Fig. 24);
-- :func:`toy_figures`: the toy's Fig. 2 and 8 (module :mod:`plotting.toy`).
+- :func:`toy_figures`: the toy's Fig. 2 and 8 (module :mod:`plotting.toy`);
+  :func:`write_toy_figures` writes them as PNGs into a toy run's directory.
 
 :func:`save_figure` writes PNG + PDF atomically; :func:`run_plot` is the
 ``three-regimes plot`` command.
 """
 
-from plotting.common import ElrPalette, save_figure
+from plotting.common import save_figure
 from plotting.connectivity import lc
-from plotting.figures import diagram, groups, load_regimes, overview, randomwalk, scatter
+from plotting.figures import diagram, overview, randomwalk
+from plotting.final import groups, load_regimes, scatter
 from plotting.run import KINDS, run_plot, toy_figures
+from plotting.style import ElrPalette
+from plotting.toy import write_toy_figures
 
 __all__ = [
     "KINDS",
@@ -34,4 +38,5 @@ __all__ = [
     "save_figure",
     "scatter",
     "toy_figures",
+    "write_toy_figures",
 ]

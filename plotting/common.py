@@ -1,55 +1,95 @@
-"""Shared pieces of the figures: inputs, ELR colours, legends, member selection, saving.
+"""Shared pieces of the figures: inputs, run facts from configs, member selection, saving.
 
-Everything here is numpy + matplotlib + ``three_regimes_jax.results`` (numpy only);
-nothing imports JAX or training code.
-
-Conventions (after the paper's figures):
-
-- One colour per ELR, along matplotlib's ``rainbow`` colormap over log ELR
-  (small ELRs violet/blue, large ones red), shared by every panel and every
-  run of a figure; legends of ELR colours are titled "ELR".
-- Several runs in one figure are told apart by line style (or marker), with a
-  second legend titled "run".
-- Losses, effective gradient norms, ELRs and ESS are drawn on log axes; test
-  error and cosines on linear ones; epochs on a linear axis by default
-  (``epoch_scale="log"`` where a function offers it).
+Everything here is numpy + matplotlib + ``three_regimes_jax.storage.results``
+and ``three_regimes_jax.config`` (both pure Python/numpy); nothing imports JAX
+or training code.  Colours, line styles and legends are in :mod:`plotting.style`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure, FigureBase
-from matplotlib.lines import Line2D
+from matplotlib.figure import Figure
 
+from plotting.style import LINESTYLES, ElrPalette, fmt_elr
+from three_regimes_jax.config import Config
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.results import Results, atomic_write, load_results
+from three_regimes_jax.storage.results import Results, atomic_write, load_results
 
-#: A results directory path or loaded :class:`~three_regimes_jax.results.Results`.
+#: A results directory path or loaded :class:`~three_regimes_jax.storage.results.Results`.
 RunLike = Results | str | os.PathLike
 
 #: A member selection: an ELR (number or string ``"1e-3"``), ``"ELR:SEED"``,
 #: or an ``(elr, seed)`` tuple.
 MemberSpec = float | str | tuple[float, int]
 
-#: Line styles of successive runs (and of fine-tune sources within a run).
-LINESTYLES: tuple[Any, ...] = ("-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (1, 3)))
-
-#: Markers of successive runs in scatter plots.
-MARKERS = ("o", "s", "^", "D", "v", "P")
-
 #: Formats written by :func:`save_figure`.
 FORMATS = ("png", "pdf")
 
 #: Resolution of saved PNGs.
 DPI = 150
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the figures need from a run's ``config.json``.
+
+    Attributes:
+      model: the architecture (e.g. ``mlp_si``), None if unknown.
+      dataset: the dataset (e.g. ``digits``), None if unknown.
+      random_walk: whether the run is a random-walk baseline (App. M).
+    """
+
+    model: str | None
+    dataset: str | None
+    random_walk: bool
+
+
+def _lookup(config: Mapping[str, Any], section: str, key: str, flat: str) -> Any:
+    """``config[section][key]`` (nested layout) or ``config[flat]`` (flat layout).
+
+    A fine-tune's ``source_config`` is searched too.  None if neither holds it.
+    """
+    for cfg in (config, config.get("source_config")):
+        if not isinstance(cfg, Mapping):
+            continue
+        sec = cfg.get(section)
+        if isinstance(sec, Mapping) and key in sec:
+            return sec[key]
+        if flat in cfg and not isinstance(cfg[flat], Mapping):
+            return cfg[flat]
+    return None
+
+
+def run_info(config: Any) -> RunInfo:
+    """The model, dataset and random-walk flag of a config in either ``config.json`` layout.
+
+    Read with :meth:`three_regimes_jax.config.Config.from_dict`, which knows the
+    nested layout (``model.name``, ``data.dataset``, ``train.random_walk``) and
+    the flat one of format 1 (fine-tunes through their ``source_config``).  A
+    config it refuses (unknown keys, bad values) is searched key by key instead,
+    so a malformed config still plots, with whatever it names.
+    """
+    try:
+        cfg = Config.from_dict(config)
+    except (UserError, TypeError, ValueError):
+        if not isinstance(config, Mapping):
+            return RunInfo(None, None, False)
+        model = _lookup(config, "model", "name", "model")
+        dataset = _lookup(config, "data", "dataset", "dataset")
+        return RunInfo(
+            model if isinstance(model, str) else None,
+            dataset if isinstance(dataset, str) else None,
+            bool(_lookup(config, "train", "random_walk", "random_walk")),
+        )
+    return RunInfo(cfg.model.name, cfg.data.dataset, cfg.train.random_walk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +131,15 @@ class Run:
         """``[T]`` epochs."""
         return np.asarray(self.metrics["epoch"], np.float64).ravel()
 
+    @functools.cached_property
+    def info(self) -> RunInfo:
+        """Model, dataset and random-walk flag from the config (:func:`run_info`)."""
+        return run_info(self.config)
+
     @property
     def random_walk(self) -> bool:
-        """Whether the run is a random-walk baseline (``config["random_walk"]``)."""
-        return bool(self.config.get("random_walk", False))
+        """Whether the run is a random-walk baseline (the config's ``random_walk``)."""
+        return self.info.random_walk
 
     @property
     def source_elr(self) -> np.ndarray | None:
@@ -123,8 +168,7 @@ class Run:
 
     def title(self) -> str:
         """``model on dataset`` from the config (empty if unknown)."""
-        cfg = self.config.get("source_config", self.config)
-        model, data = cfg.get("model"), cfg.get("dataset")
+        model, data = self.info.model, self.info.dataset
         return f"{model} on {data}" if model and data else ""
 
 
@@ -167,135 +211,15 @@ def _dedupe_labels(runs: list[Run]) -> None:
             runs[i] = dataclasses.replace(r, label=f"{r.label} ({n + 1})")
 
 
-def new_figure(width: float, height: float) -> Figure:
-    """A constrained-layout :class:`Figure` on an Agg canvas (no pyplot state)."""
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+def run_palette(runs: Sequence[Run]) -> ElrPalette:
+    """One ELR palette over every member of every run."""
+    return ElrPalette(np.concatenate([r.elr for r in runs]))
 
 
-def guard_log_axes(fig: FigureBase) -> None:
-    """Gives log axes that hold no positive finite data fixed limits and a note.
-
-    Without it, a panel whose members all diverged (all NaN) cannot be drawn:
-    matplotlib refuses to autoscale a log axis with no positive data.
-    """
-    for ax in fig.get_axes():
-        empty = False
-        for name, interval in (("x", ax.dataLim.intervalx), ("y", ax.dataLim.intervaly)):
-            scale = ax.get_xscale() if name == "x" else ax.get_yscale()
-            lo, hi = interval
-            if scale == "log" and not (np.isfinite(lo) and np.isfinite(hi) and 0 < lo <= hi):
-                (ax.set_xlim if name == "x" else ax.set_ylim)(0.1, 10.0)
-                empty = True
-        if empty:
-            ax.text(
-                0.5,
-                0.5,
-                "no finite data",
-                transform=ax.transAxes,
-                ha="center",
-                va="center",
-                color="0.4",
-            )
-
-
-def positive(x: np.ndarray) -> np.ndarray:
-    """``x`` with non-positive and non-finite entries replaced by NaN (for log axes)."""
-    x = np.asarray(x, np.float64)
-    return np.where(np.isfinite(x) & (x > 0), x, np.nan)
-
-
-def fmt_elr(elr: float) -> str:
-    """An ELR as a short label, e.g. ``0.001``, ``1e-05``, ``0.3``."""
-    return f"{elr:.3g}"
-
-
-class ElrPalette:
-    """ELR -> colour along the ``rainbow`` colormap, uniform in log ELR.
-
-    Args:
-      elrs: every ELR the figure will show (any shape; NaNs and non-positive
-        values are ignored).
-      cmap: a matplotlib colormap name.
-    """
-
-    def __init__(self, elrs: Iterable[float] | np.ndarray, cmap: str = "rainbow"):
-        from matplotlib import colormaps
-
-        vals = np.asarray(list(elrs) if not isinstance(elrs, np.ndarray) else elrs, np.float64)
-        vals = vals[np.isfinite(vals) & (vals > 0)].ravel()
-        self.elrs = sorted({float(v) for v in vals})
-        self._cmap = colormaps[cmap]
-        self._lo = math.log(self.elrs[0]) if self.elrs else 0.0
-        self._hi = math.log(self.elrs[-1]) if self.elrs else 0.0
-
-    def __call__(self, elr: float) -> tuple[float, float, float, float]:
-        """The colour of ``elr``."""
-        if not (math.isfinite(elr) and elr > 0):
-            return (0.5, 0.5, 0.5, 1.0)
-        if self._hi <= self._lo:
-            return self._cmap(0.15)
-        t = (math.log(elr) - self._lo) / (self._hi - self._lo)
-        # Stop short of 1.0: the colormap's last colour is a pale red that vanishes on white.
-        return self._cmap(0.02 + 0.96 * min(max(t, 0.0), 1.0))
-
-    def handles(self, elrs: Iterable[float] | None = None, **style: Any) -> list[Line2D]:
-        """Legend handles, one per ELR (ascending), coloured like the curves."""
-        wanted = self.elrs if elrs is None else sorted({float(e) for e in elrs})
-        kw = {"lw": 2.0, **style}
-        return [Line2D([], [], color=self(e), label=fmt_elr(e), **kw) for e in wanted]
-
-
-def _place(target: Any, handles: list[Line2D], title: str, loc: str, kw: dict[str, Any]):
-    opts = {"title": title, "fontsize": 8, "title_fontsize": 9, "loc": loc, **kw}
-    if isinstance(target, FigureBase):
-        return target.legend(handles=handles, **opts)
-    leg = target.legend(handles=handles, **opts)
-    target.add_artist(leg)  # keep it when the axes gets another legend
-    return leg
-
-
-def elr_legend(
-    target: Any,
-    palette: ElrPalette,
-    elrs: Iterable[float] | None = None,
-    *,
-    loc: str = "outside right upper",
-    style: dict[str, Any] | None = None,
-    **kw: Any,
-):
-    """Adds the ELR colour legend (title "ELR") and returns it.
-
-    Args:
-      target: a figure/subfigure (legend outside the axes, ``loc="outside ..."``)
-        or an axes.
-      palette: the figure's palette.
-      elrs: the ELRs to list (default: all of the palette's).
-      loc: legend location.
-      style: extra Line2D keywords of the handles (e.g. markers).
-      **kw: more ``legend`` keywords.
-    """
-    return _place(target, palette.handles(elrs, **(style or {})), "ELR", loc, kw)
-
-
-def style_legend(
-    target: Any,
-    entries: Sequence[tuple[str, dict[str, Any]]],
-    title: str,
-    *,
-    loc: str = "outside lower center",
-    **kw: Any,
-):
-    """Adds a legend of black lines/markers (``(label, Line2D kwargs)``) and returns it.
-
-    By default it goes below the axes, in a row (up to 4 entries per row), so
-    it never collides with the ELR legend on the right.
-    """
-    handles = [Line2D([], [], color="k", label=lab, **{"lw": 1.5, **st}) for lab, st in entries]
-    if loc == "outside lower center":
-        kw = {"ncols": min(len(handles), 4), **kw}
-    return _place(target, handles, title, loc, kw)
+def suptitle(fig: Figure, what: str, runs: Sequence[Run]) -> None:
+    """``what — model on dataset; ...`` as the figure title (distinct run titles only)."""
+    titles = list(dict.fromkeys(t for t in (r.title() for r in runs) if t))
+    fig.suptitle(f"{what}" + (f" — {'; '.join(titles)}" if titles else ""), fontsize=11)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@
 An interpolate file ``FILE.npz`` holds ``alpha`` [P]; ``train_loss``,
 ``train_acc``, ``test_loss``, ``test_acc`` [pairs, P]; ``barrier`` [pairs]; and
 per pair ``a_elr``, ``b_elr``, ``a_source_elr``, ``b_source_elr``, ``a_epoch``,
-``b_epoch`` (see ``three_regimes_jax.connectivity.run_interpolate``).  This
+``b_epoch`` (see ``three_regimes_jax.studies.connectivity.run_interpolate``).  This
 module reads the file with numpy only.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from plotting.common import (
+from plotting.style import (
     LINESTYLES,
     ElrPalette,
     fmt_elr,

@@ -36,12 +36,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from plotting import figures
+from plotting import figures, final
 from plotting import toy as toy_plots
 from plotting.common import FORMATS, MemberSpec, Run, as_runs, render, select_members
 from plotting.connectivity import is_interpolate_file, lc
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.results import atomic_write, check_writable
+from three_regimes_jax.storage.results import atomic_write, check_writable
 
 #: Figure kinds, in the order ``all`` renders them.
 KINDS = ("overview", "diagram", "scatter", "groups", "lc", "randomwalk", "toy")
@@ -166,7 +166,7 @@ def build_figures(
     simple: dict[str, Callable[..., Figure]] = {
         "overview": figures.overview,
         "diagram": figures.diagram,
-        "scatter": figures.scatter,
+        "scatter": final.scatter,
     }
     for kind in kinds:
         if kind in simple:
@@ -179,7 +179,7 @@ def build_figures(
                     select_members(rs[0], member)  # raises the UserError listing the members
                 rs = hits
             for r, sfx in zip(rs, _suffixes([r.label for r in rs]), strict=True):
-                out.append((f"groups{sfx}", figures.groups(r, member=member)))
+                out.append((f"groups{sfx}", final.groups(r, member=member)))
         elif kind == "lc":
             out.append(("lc", lc(inp.lc_files)))
         elif kind == "randomwalk":

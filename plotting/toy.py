@@ -1,19 +1,33 @@
 """Figures of the toy experiment (paper Fig. 2 and Fig. 8), from arrays or a ``toy.npz``.
 
-Both functions build a :class:`matplotlib.figure.Figure` directly (no pyplot, so
-no global state and no display backend); save it with ``fig.savefig(path)``.
-This module reads only arrays (or the ``toy.npz`` written by
-``three_regimes_jax.toy_report``); it does not import any training code.
+Both figure functions build a :class:`matplotlib.figure.Figure` directly (no
+pyplot, so no global state and no display backend); save it with
+``fig.savefig(path)``.  :func:`write_toy_figures` writes both as PNGs into the
+directory of a ``three-regimes toy`` run.  This module reads only arrays (or
+the ``toy.npz`` written by ``three_regimes_jax.studies.toy_report``); it does
+not import any training code.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.results import atomic_write
+
+#: The PNGs :func:`write_toy_figures` writes: ``F`` per iteration (Fig. 2) and
+#: the individual ELRs per iteration against eq. 9 (Fig. 8).
+TOY_FIGURES = ("toy_loss.png", "toy_group_elr.png")
+
+#: Resolution of the toy PNGs.
+TOY_DPI = 120
 
 #: Curves longer than this are thinned by a constant stride before plotting.
 MAX_POINTS = 20_000
@@ -180,3 +194,43 @@ def figures_from_npz(source: str | os.PathLike[str] | Mapping[str, np.ndarray]):
         threshold=None if threshold is None else float(threshold),
     )
     return loss_fig, elr_fig
+
+
+def _png_bytes(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=TOY_DPI)
+    return buf.getvalue()
+
+
+def write_toy_figures(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Draws the figures of a ``three-regimes toy`` directory next to its data.
+
+    Reads ``run_dir/toy.npz`` (written by
+    ``three_regimes_jax.studies.toy_report.run_toy_command``), renders both
+    figures in memory and only then writes ``toy_loss.png`` and
+    ``toy_group_elr.png`` (:data:`TOY_FIGURES`) into ``run_dir``, each
+    atomically (a temporary file renamed over the target).
+
+    Args:
+      run_dir: the directory of a toy run.
+
+    Returns:
+      The paths written, in :data:`TOY_FIGURES` order.
+
+    Raises:
+      UserError: ``run_dir/toy.npz`` is missing or not a toy file.
+    """
+    run_dir = Path(run_dir)
+    source = run_dir / "toy.npz"
+    if not source.is_file():
+        raise UserError(f"{source} does not exist; run `three-regimes toy --out {run_dir}` first")
+    try:
+        loss_fig, elr_fig = figures_from_npz(source)
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"{source} is not a toy.npz of `three-regimes toy`: {e}") from None
+    payload = dict(zip(TOY_FIGURES, (_png_bytes(loss_fig), _png_bytes(elr_fig)), strict=True))
+    paths = []
+    for name, data in payload.items():
+        atomic_write(run_dir / name, data)
+        paths.append(run_dir / name)
+    return paths

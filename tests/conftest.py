@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,32 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = ROOT.parent / "shared" / "data" / "mnist"
+_JAX_CACHE: str | None = None
+
+
+def pytest_configure(config):
+    """A fresh per-session compilation cache: identical programs compile once.
+
+    Many tests build the same trainer again (``run_sweep`` twice with one config,
+    a resume, a fine-tune); XLA compilation dominates their time on CPU. The
+    cache is keyed by the program, JAX version and flags, so a hit runs the same
+    executable; it starts empty, so nothing carries over between sessions.
+    """
+    global _JAX_CACHE
+    import jax
+
+    if os.environ.get("NOCACHE"):
+        return
+
+    _JAX_CACHE = tempfile.mkdtemp(prefix="three-regimes-jax-cache-")
+    jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    if _JAX_CACHE is not None:
+        shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +52,7 @@ def mnist_dir() -> Path:
 @pytest.fixture(scope="session")
 def digits():
     """The embedded digits dataset (1437 train / 360 test, 8x8x1)."""
-    from three_regimes_jax.data import load_dataset
+    from three_regimes_jax.engine.data import load_dataset
 
     return load_dataset("digits")
 
@@ -47,7 +75,7 @@ def tiny_mlp():
     """A small MLP-SI (8x8 inputs, hidden 32-16) and its SI mask."""
     import jax
 
-    from three_regimes_jax.models import build_model, init_model
+    from three_regimes_jax.engine.models import build_model, init_model
 
     model = build_model("mlp_si", 10, hidden=(32, 16))
     return model, init_model(model, jax.random.key(0), (8, 8, 1)).si_mask
@@ -56,10 +84,24 @@ def tiny_mlp():
 @pytest.fixture(scope="session")
 def trainers(tiny_mlp):
     """Compiled GridTrainers for the tiny MLP, one per strategy (batch 64)."""
-    from three_regimes_jax.grid import GridTrainer
+    from three_regimes_jax.engine.train import GridTrainer
 
     model, mask = tiny_mlp
     return {s: GridTrainer(model, mask, batch_size=64, strategy=s) for s in ("vmap", "map")}
+
+
+def init_jitted(model, key, input_shape):
+    """``init_model`` under one ``jax.jit`` (eager init compiles every op on its own).
+
+    Returns the same :class:`~three_regimes_jax.engine.models.ModelVariables`;
+    the SI mask (Python bools) comes from the model's abstract init.
+    """
+    import jax
+
+    from three_regimes_jax.engine.models import init_model, si_mask_of
+
+    variables = jax.jit(lambda k: init_model(model, k, input_shape)._replace(si_mask=None))(key)
+    return variables._replace(si_mask=si_mask_of(model, input_shape))
 
 
 def rel_err(a, b) -> float:

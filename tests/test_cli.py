@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from three_regimes_jax import SweepConfig, load_results, run_sweep
+from three_regimes_jax import Config, load_results, run_sweep
 from three_regimes_jax.cli import main
 
 TINY = ["--dataset", "digits", "--use-data-size", "256", "--hidden", "32,16", "--batch-size", "64"]
@@ -43,7 +43,7 @@ def test_sweep_writes_documented_results(sweep_dir, capsys):
     # the ELR-1e38 members overflow: recorded, NaN from epoch 1, the others finite
     assert m["diverged"].tolist() == [False, False, False, False, True, True]
     assert np.isnan(m["train_loss"][4:]).all() and np.isfinite(m["train_loss"][:4]).all()
-    assert res.config["elrs"] == [1e-3, 1e-1, 1e38] and res.config["kind"] == "sweep"
+    assert res.config["train"]["elrs"] == [1e-3, 1e-1, 1e38] and res.config["kind"] == "sweep"
     rows = res.summary["members"]
     assert len(rows) == g and rows[0]["train_loss"] == pytest.approx(float(m["train_loss"][0, -1]))
     si = m["si_norm"][:4]
@@ -51,8 +51,8 @@ def test_sweep_writes_documented_results(sweep_dir, capsys):
 
 
 def test_python_api_mirrors_cli(sweep_dir, digits):
-    cfg = SweepConfig.from_dict(json.loads((sweep_dir / "config.json").read_text()))
-    cfg = SweepConfig(**{**cfg.__dict__, "elrs": (1e-3,), "seeds": (1,)})
+    cfg = Config.from_dict(json.loads((sweep_dir / "config.json").read_text()))
+    cfg = cfg.replace(elrs=(1e-3,), seeds=(1,))
     res = run_sweep(cfg, progress=False)
     ref = load_results(sweep_dir).metrics
     np.testing.assert_allclose(res.metrics["train_loss"][0], ref["train_loss"][1], rtol=1e-5)
@@ -80,7 +80,7 @@ def test_rerun_same_config_is_allowed_and_different_run_is_refused(sweep_dir, ca
         (["--elrs", "1e-3", "--dataset", "svhn"], "unknown dataset"),
         (["--elrs", "1e-3", "--model", "convnet_si", "--width", "0"], "width"),
         (["--elrs", "1e-3", "--seeds", ""], "empty"),
-        (["--elrs", "1e-3", "--label-noise", "1.5"], "label noise"),
+        (["--elrs", "1e-3", "--label-noise", "1.5"], "--label-noise"),
         (["--elrs", "1e-3", "--epochs", "0"], "epochs"),
         (["--elrs", "1e-3", "--bogus"], "unrecognized"),
     ],

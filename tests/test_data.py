@@ -1,4 +1,4 @@
-"""Tests of three_regimes_jax.data: readers, TFDS path, digits and transforms."""
+"""Tests of three_regimes_jax.engine.data: readers, TFDS path, digits and transforms."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from three_regimes_jax.data import (
+from three_regimes_jax.engine.data import (
     CIFAR_MEAN,
     CIFAR_STD,
     DATASETS,

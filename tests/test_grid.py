@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
-from three_regimes_jax.grid import choose_strategy, finite_members, member, stack
-from three_regimes_jax.models import build_model
+from three_regimes_jax.engine.grid import (
+    choose_strategy,
+    finite_members,
+    member,
+    shard_grid,
+    stack,
+)
+from three_regimes_jax.engine.models import build_model
 
-LOW_ELRS = [1e-3, 3e-3, 1e-2]
 ALL_ELRS = [1e-3, 1e-2, 1e-1, 1.0]
 
 
@@ -28,35 +33,41 @@ def grid_runs(trainers, tiny):
     return {s: _run(trainers[s], tiny, ALL_ELRS, [0] * len(ALL_ELRS)) for s in trainers}
 
 
-def test_steps_per_epoch_keep_last_partial_batch(grid_runs, trainers, tiny_mlp, tiny):
+@pytest.fixture(scope="module")
+def standalone(trainers, tiny):
+    """Each ELR of ALL_ELRS trained alone: one-member grids, the same 12 steps."""
+    return [_run(trainers["map"], tiny, [elr], [0])[0] for elr in ALL_ELRS]
+
+
+def test_steps_per_epoch_keep_last_partial_batch(grid_runs, tiny_mlp, tiny):
     state, _ = grid_runs["vmap"]
     assert np.all(np.asarray(state.step) == 3 * 4)  # ceil(200 / 64) = 4 steps an epoch
-    from three_regimes_jax.grid import GridTrainer
+    from three_regimes_jax.engine.train import GridTrainer
 
     dropped = GridTrainer(*tiny_mlp, batch_size=64, strategy="vmap", drop_last=True)
     s, _ = _run(dropped, tiny, [1e-2], [0], epochs=1)
     assert int(s.step[0]) == 3
 
 
-def test_map_member_equals_standalone_run_exactly(grid_runs, trainers, tiny):
+def test_map_member_equals_standalone_run_exactly(grid_runs, standalone):
     state, _ = grid_runs["map"]
-    for i, elr in enumerate(ALL_ELRS):
-        single, _ = _run(trainers["map"], tiny, [elr], [0])
+    for i, single in enumerate(standalone):
         for a, b in zip(
             jax.tree.leaves(member(state, i)), jax.tree.leaves(member(single, 0)), strict=True
         ):
             np.testing.assert_array_equal(a, b)
 
 
-def test_vmap_member_equals_standalone_run(trainers, tiny):
-    """30 steps, rtol 1e-5, at ELRs where the dynamics are not chaotic."""
-    grid, _ = _run(trainers["vmap"], tiny, LOW_ELRS, [0, 0, 0], epochs=8)
-    assert int(grid.step[0]) == 32
-    for i, elr in enumerate(LOW_ELRS):
-        single, _ = _run(trainers["vmap"], tiny, [elr], [0], epochs=8)
+def test_vmap_grid_member_matches_standalone_run_to_float_tolerance(grid_runs, standalone):
+    """12 steps, rtol 1e-5, at the ELRs where the dynamics are not chaotic (1e-3, 1e-2)."""
+    state, _ = grid_runs["vmap"]
+    assert int(state.step[0]) == 12
+    for i, elr in enumerate(ALL_ELRS):
+        if elr > 1e-2:
+            continue  # chaotic regimes amplify float reassociation
         for a, b in zip(
-            jax.tree.leaves(member(grid.params, i)),
-            jax.tree.leaves(member(single.params, 0)),
+            jax.tree.leaves(member(state.params, i)),
+            jax.tree.leaves(member(standalone[i].params, 0)),
             strict=True,
         ):
             assert rel_err(a, b) < 1e-5
@@ -82,9 +93,10 @@ def test_sphere_norm_kept_and_group_stats(grid_runs, trainers, tiny):
     ev = trainers["vmap"].evaluate(state, x, y, xt, yt)
     np.testing.assert_allclose(ev["si_norm"], state.opt_state.radius, rtol=1e-5)
     assert m["group_elr"].shape == (4, 2) and m["group_ess"].shape == (4, 2)
-    # eq. 3 holds for every step, hence for harmonic means; here a sanity check
-    # that the epoch-mean individual ELRs bracket the member's ELR sensibly:
-    assert np.all(np.asarray(m["group_elr"]).max(1) >= np.asarray(ALL_ELRS))
+    # eq. 3 (1/elr = sum_i 1/elr_i) makes every group's ELR at least the member's
+    # total ELR at every step, hence also for the epoch means recorded here
+    group_min = np.asarray(m["group_elr"]).min(1)
+    assert np.all(group_min >= np.asarray(ALL_ELRS) * (1 - 1e-5)), group_min
     for k in ("train_loss", "train_acc", "test_loss", "test_acc"):
         assert ev[k].shape == (4,) and np.all(np.isfinite(ev[k]))
     assert float(ev["train_loss"][0]) < float(ev["train_loss"][-1])  # low ELR learns
@@ -107,18 +119,23 @@ def test_seeds_control_init_and_batch_order(trainers):
     assert np.asarray(st.opt_state.elr).tolist() == pytest.approx([0.1, 0.1, 0.2])
 
 
-def test_nonfinite_member_is_recorded_not_fatal(trainers, tiny):
-    """An ELR of 1e38 overflows to inf/NaN; the other members are untouched."""
+def test_nonfinite_member_is_recorded_not_fatal(grid_runs, trainers, tiny):
+    """An ELR of 1e38 overflows to inf/NaN; the other members are untouched.
+
+    The same grid as ``grid_runs["map"]`` with member 1's ELR replaced: members
+    0, 2 and 3 must end bit-for-bit where they end there.
+    """
     x, y, xt, yt = tiny
     tr = trainers["map"]
-    bad, mb = _run(tr, tiny, [1e-2, 1e38, 1e-1], [0, 0, 0], epochs=2)
-    good, mg = _run(tr, tiny, [1e-2, 1e-1], [0, 0], epochs=2)
+    good, _ = grid_runs["map"]
+    bad_elrs = [ALL_ELRS[0], 1e38, *ALL_ELRS[2:]]
+    bad, mb = _run(tr, tiny, bad_elrs, [0] * len(bad_elrs))
     evb = jax.device_get(tr.evaluate(bad, x, y, xt, yt))
     ok = finite_members(bad, {**jax.device_get(mb), **evb})
-    assert ok.tolist() == [True, False, True]
-    for i, j in ((0, 0), (2, 1)):
+    assert ok.tolist() == [True, False, True, True]
+    for i in (0, 2, 3):
         for a, b in zip(
-            jax.tree.leaves(member(bad, i)), jax.tree.leaves(member(good, j)), strict=True
+            jax.tree.leaves(member(bad, i)), jax.tree.leaves(member(good, i)), strict=True
         ):
             np.testing.assert_array_equal(a, b)
 
@@ -128,6 +145,12 @@ def test_member_and_stack_roundtrip(grid_runs):
     again = stack([member(state, i) for i in range(state.size)])
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_shard_grid_is_a_noop_on_one_device(grid_runs):
+    """One device (the fast suite's): the grid is returned as is; see the slow test below."""
+    state, _ = grid_runs["vmap"]
+    assert shard_grid(state, jax.devices()[:1]) is state
 
 
 def test_choose_strategy():
@@ -141,8 +164,8 @@ def test_choose_strategy():
 SHARD_SCRIPT = """
 import json, sys
 import jax
-from three_regimes_jax import SweepConfig, run_sweep
-cfg = SweepConfig(dataset="digits", elrs=(1e-3, 3e-3, 1e-2, 3e-2), epochs=2, batch_size=64,
+from three_regimes_jax import Config, run_sweep
+cfg = Config.from_flat(dataset="digits", elrs=(1e-3, 3e-3, 1e-2, 3e-2), epochs=2, batch_size=64,
                   hidden=(32, 16), use_data_size=256, strategy="vmap")
 res = run_sweep(cfg, progress=False)
 leaf = jax.tree.leaves(res.state.params)[0]
@@ -166,7 +189,9 @@ def _shard_run(n_devices: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_grid_sharded_over_four_devices_matches_one_device():
+    """Two fresh processes (forced 1 and 4 CPU devices): the same sweep, split member-wise."""
     one, four = _shard_run(1), _shard_run(4)
     assert four["devices"] == 4 and four["shards"] == 4 and one["shards"] == 1
     np.testing.assert_allclose(four["train_loss"], one["train_loss"], rtol=1e-5)

@@ -6,16 +6,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import init_jitted
 
+from three_regimes_jax.engine.models import FROZEN, BatchNorm, build_model, init_model
+from three_regimes_jax.engine.sphere import si_group_names
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.models import FROZEN, BatchNorm, build_model, init_model
-from three_regimes_jax.sphere import si_group_names
 
 
 @pytest.fixture(scope="module")
 def convnet():
     model = build_model("convnet_si", 10, width=4)
-    return model, init_model(model, jax.random.key(0), (32, 32, 3))
+    return model, init_jitted(model, jax.random.key(0), (32, 32, 3))
+
+
+@pytest.fixture(scope="module")
+def small_mlp():
+    model = build_model("mlp_si", 10, hidden=(16, 8))
+    return model, init_jitted(model, jax.random.key(0), (8, 8, 1))
 
 
 def test_convnet_si_architecture(convnet):
@@ -34,9 +41,8 @@ def test_convnet_si_architecture(convnet):
     np.testing.assert_allclose(np.linalg.norm(head["kernel"]), 10.0, rtol=1e-5)
     assert np.max(np.abs(head["bias"])) <= 1 / np.sqrt(32)
     x = jnp.ones((2, 32, 32, 3))
-    out = model.apply(
-        {"params": v.params, "batch_stats": v.batch_stats, FROZEN: v.frozen}, x, False
-    )
+    variables = {"params": v.params, "batch_stats": v.batch_stats, FROZEN: v.frozen}
+    out = jax.eval_shape(lambda: model.apply(variables, x, False))
     assert out.shape == (2, 10)
 
 
@@ -77,13 +83,14 @@ def test_batchnorm_matches_pytorch_semantics():
     np.testing.assert_allclose(y2, y, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name,shape", [("mlp_si", (8, 8, 1)), ("convnet_si", (32, 32, 3))])
-def test_gradients_are_orthogonal_to_each_si_group(name, shape):
+@pytest.mark.parametrize("name", ["mlp_si", "convnet_si"])
+def test_gradients_are_orthogonal_to_each_si_group(name, request):
     """SI in each group: <grad_i, theta_i> = 0 and the loss ignores per-group scaling."""
-    model = build_model(name, 10, width=4, hidden=(16, 8))
-    v = init_model(model, jax.random.key(0), shape)
-    x = jax.random.normal(jax.random.key(1), (32, *shape))
-    y = jnp.arange(32) % 10
+    model, v = request.getfixturevalue({"mlp_si": "small_mlp", "convnet_si": "convnet"}[name])
+    shape = (8, 8, 1) if name == "mlp_si" else (32, 32, 3)
+    n = 16
+    x = jax.random.normal(jax.random.key(1), (n, *shape))
+    y = jnp.arange(n) % 10
 
     def loss(params):
         logits, _ = model.apply(
@@ -92,16 +99,25 @@ def test_gradients_are_orthogonal_to_each_si_group(name, shape):
             train=True,
             mutable=["batch_stats"],
         )
-        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(32), y])
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[jnp.arange(n), y])
 
-    g = jax.grad(loss)(v.params)
-    for pg, pp in zip(jax.tree.leaves(g), jax.tree.leaves(v.params), strict=True):
-        cos = jnp.vdot(pg, pp) / (jnp.linalg.norm(pg) * jnp.linalg.norm(pp))
-        assert abs(float(cos)) < 1e-3
     scaled = jax.tree.map(
         lambda p, s: p * s, v.params, {k: {"kernel": 3.7 + i} for i, k in enumerate(v.params)}
     )
-    np.testing.assert_allclose(loss(scaled), loss(v.params), rtol=1e-4)
+
+    @jax.jit
+    def check(params, scaled):
+        g = jax.grad(loss)(params)
+        cos = [
+            jnp.vdot(pg, pp) / (jnp.linalg.norm(pg) * jnp.linalg.norm(pp))
+            for pg, pp in zip(jax.tree.leaves(g), jax.tree.leaves(params), strict=True)
+        ]
+        return jnp.stack(cos), loss(scaled), loss(params)
+
+    cos, at_scaled, at_params = check(v.params, scaled)
+    assert cos.shape == (len(jax.tree.leaves(v.params)),)
+    assert np.all(np.abs(np.asarray(cos)) < 1e-3), cos
+    np.testing.assert_allclose(at_scaled, at_params, rtol=1e-4)
 
 
 def test_bad_model_and_width():
@@ -113,7 +129,7 @@ def test_bad_model_and_width():
 
 def test_fast_vjp_convolution_matches_xla_gradients():
     """The loop-friendly conv VJP gives the same values and gradients (also vmapped)."""
-    from three_regimes_jax.models.layers import _conv_same, conv_same_fast_vjp
+    from three_regimes_jax.engine.models.layers import _conv_same, conv_same_fast_vjp
 
     k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
     x = jax.random.normal(k1, (4, 8, 8, 3))
@@ -123,13 +139,20 @@ def test_fast_vjp_convolution_matches_xla_gradients():
     def loss(conv):
         return lambda x, k: jnp.vdot(conv(x, k), dy)
 
-    for conv_grad in (jax.grad(loss(conv_same_fast_vjp), (0, 1)),):
-        fast = jax.vmap(conv_grad, (None, 0))(x, kernels)
-        ref = jax.vmap(jax.grad(loss(_conv_same), (0, 1)), (None, 0))(x, kernels)
-        for a, b in zip(fast, ref, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(conv_same_fast_vjp(x, kernels[0]), _conv_same(x, kernels[0]))
+    @jax.jit
+    def both(x, kernels):
+        grads = {
+            conv: jax.vmap(jax.grad(loss(conv), (0, 1)), (None, 0))(x, kernels)
+            for conv in (conv_same_fast_vjp, _conv_same)
+        }
+        values = conv_same_fast_vjp(x, kernels[0]), _conv_same(x, kernels[0])
+        return grads[conv_same_fast_vjp], grads[_conv_same], values
+
+    fast, ref, (value_fast, value_ref) = both(x, kernels)
+    for a, b in zip(fast, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(value_fast, value_ref)
     # forward mode needs the plain convolution (what the sharpness measures use)
     with pytest.raises(TypeError):
         jax.jvp(lambda k: conv_same_fast_vjp(x, k), (kernels[0],), (kernels[1],))
-    jax.jvp(lambda k: _conv_same(x, k), (kernels[0],), (kernels[1],))
+    jax.eval_shape(lambda k: jax.jvp(lambda k: _conv_same(x, k), (k,), (kernels[1],)), kernels[0])

@@ -22,9 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.legend import Legend
 
 import plotting
-from plotting import common
+from plotting import common, style
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.results import load_results, write_npz, write_results
+from three_regimes_jax.storage.results import Results, load_results, write_npz, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 ELRS = (1e-3, 1e-2, 1e-1, 1.0)
@@ -111,7 +111,7 @@ def _config(elrs, seeds, epochs, **extra):
 @pytest.fixture(scope="session")
 def inputs(tmp_path_factory):
     """Paths of the synthetic inputs: sweep, rw, finetune (dirs), lc (.npz), toy (dir)."""
-    from three_regimes_jax.toy_report import run_toy_command
+    from three_regimes_jax.studies.toy_report import run_toy_command
 
     base = tmp_path_factory.mktemp("plot_inputs")
     sweep = base / "sweep"
@@ -223,7 +223,7 @@ def test_overview_scales_legends_and_overlay(inputs):
 
 
 def test_elr_colours_follow_a_rainbow_over_log_elr():
-    pal = common.ElrPalette([1e-4, 1e-2, 1.0])
+    pal = style.ElrPalette([1e-4, 1e-2, 1.0])
     # The middle ELR in log space gets the middle colour of the map.
     from matplotlib import colormaps
 
@@ -346,8 +346,36 @@ def test_toy_figures_reuse_the_toy_module(inputs):
     assert len(elr_fig.axes) == 3 * 3
 
 
+def test_run_info_reads_both_config_layouts_and_survives_bad_ones():
+    flat = _config(ELRS, SEEDS, T, random_walk=True)
+    assert common.run_info(flat) == common.RunInfo("mlp_si", "digits", True)
+    nested = {
+        "kind": "sweep",
+        "format_version": 2,
+        "model": {"name": "convnet_si"},
+        "data": {"dataset": "cifar10"},
+        "train": {"random_walk": True},
+    }
+    assert common.run_info(nested) == common.RunInfo("convnet_si", "cifar10", True)
+    # A flat fine-tune names its model and dataset in its source's config.
+    ft = {"kind": "finetune", "source": "runs/x", "source_config": _config(ELRS, SEEDS, T)}
+    assert common.run_info(ft) == common.RunInfo("mlp_si", "digits", False)
+    # Configs Config.from_dict refuses: read key by key, never an error.
+    assert common.run_info({**nested, "train": {"random_walk": True, "bogus": 1}}) == (
+        common.RunInfo("convnet_si", "cifar10", True)
+    )
+    assert common.run_info({"model": "mlp_si", "epochs": "many"}) == common.RunInfo(
+        "mlp_si", None, False
+    )
+    future = {"format_version": 99, "model": {"name": "net"}, "data": {"dataset": "digits"}}
+    assert common.run_info(future) == common.RunInfo("net", "digits", False)
+    assert common.run_info([1, 2]) == common.RunInfo(None, None, False)
+    run = common.Run(Results(config=nested, metrics={"elr": np.ones(1)}, summary={}), None, "x")
+    assert run.random_walk and run.title() == "convnet_si on cifar10"
+
+
 def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
-    fig = common.new_figure(3, 2)
+    fig = style.new_figure(3, 2)
     fig.add_subplot().plot([1, 2], [3, 4])
     paths = plotting.save_figure(fig, tmp_path / "new", "lc")
     assert [p.name for p in paths] == ["lc.png", "lc.pdf"]
@@ -363,8 +391,8 @@ import json, sys
 import plotting
 paths = plotting.run_plot(json.loads(sys.argv[1]), kind="all", out=sys.argv[2], member="1")
 bad = sorted(m for m in sys.modules if m == "jax" or m.startswith(("jax.", "flax", "optax"))
-             or m in ("matplotlib.pyplot", "three_regimes_jax.grid", "three_regimes_jax.sweep",
-                      "three_regimes_jax.models"))
+             or m == "matplotlib.pyplot"
+             or m.startswith(("three_regimes_jax.engine", "three_regimes_jax.studies")))
 print(json.dumps({"paths": [str(p) for p in paths], "bad": bad}))
 """
 

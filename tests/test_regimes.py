@@ -1,4 +1,4 @@
-"""Regime classification (regimes.py) and the transition search (transitions.py)."""
+"""Regime classification (analysis/) and the transition search (studies/transitions.py)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,20 @@ import sys
 import numpy as np
 import pytest
 
-from three_regimes_jax.errors import UserError
-from three_regimes_jax.regimes import (
-    REGIMES_FILE,
+from three_regimes_jax.analysis.regimes import (
     Criteria,
     classify,
-    classify_dir,
-    run_regimes_command,
     transition_brackets,
     trend_slope,
 )
-from three_regimes_jax.results import write_results
+from three_regimes_jax.analysis.report import (
+    REGIMES_FILE,
+    classify_dir,
+    num_classes_of,
+    run_regimes_command,
+)
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.results import write_results
 
 T = 40
 EPOCH = np.arange(1, T + 1, dtype=np.float64)
@@ -214,8 +217,26 @@ def test_regimes_command_writes_documented_json(tmp_path):
         run_regimes_command(tmp_path / "missing")
 
 
-def test_regimes_module_imports_no_jax():
-    code = "import sys, three_regimes_jax.regimes; assert 'jax' not in sys.modules, 'jax'"
+def test_num_classes_of_reads_both_config_layouts():
+    assert num_classes_of({"dataset": "cifar100"}) == 100  # flat (format 1)
+    assert num_classes_of({"dataset": "mnist", "kind": "sweep"}) == 10
+    finetune = {"kind": "finetune", "source": "runs/x", "source_config": {"dataset": "cifar100"}}
+    assert num_classes_of(finetune) == 100
+    nested = {"kind": "sweep", "format_version": 2, "data": {"dataset": "cifar100"}}
+    assert num_classes_of(nested) == 100
+    assert num_classes_of({**nested, "data": {"dataset": "cifar10"}}) == 10
+    # A config Config.from_dict refuses is searched by hand, not an error.
+    assert num_classes_of({"dataset": "cifar100", "unknown_key": 1}) == 100
+    assert num_classes_of({"kind": "finetune", "source_config": {"dataset": "cifar100"}}) == 100
+    assert num_classes_of({"format_version": 2, "data": {"dataset": "cifar100", "x": 1}}) == 100
+    assert num_classes_of({"weird": [1, 2]}) == 10
+
+
+def test_analysis_imports_no_jax():
+    code = (
+        "import sys, three_regimes_jax.analysis.regimes, three_regimes_jax.analysis.report; "
+        "assert 'jax' not in sys.modules, 'jax'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -226,26 +247,24 @@ ALPHAS = (1.0, 2.0, 4.0)
 
 
 def test_toy_three_elrs():
-    from three_regimes_jax import toy
-    from three_regimes_jax.transitions import classify_toy
+    from three_regimes_jax.studies import toy
 
     elrs = [0.1, 0.2, 0.5, 10.0]
     run = toy.run_toy(ALPHAS, elrs, 2000)
-    report = classify_toy(run.loss, ALPHAS, elrs)
+    report = toy.classify_toy(run.loss, ALPHAS, elrs)
     _check_report(report, 4)
     labels = [m["regime"] for m in report["members"]]
-    # Converged; settled equilibrium; chaotic equilibrium (toy.observed_regime's
-    # code 3 "not settled" is the paper's regime 2, as predicted_regime says).
+    # Converged; settled equilibrium; chaotic equilibrium (F never settles at
+    # ELR 0.5, yet it is the paper's regime 2, as predicted_regime says).
     assert labels[:3] == [1, 2, 2]
     assert labels[:3] == [toy.predicted_regime(ALPHAS, e) for e in elrs[:3]]
-    assert [toy.observed_regime(run.loss[i, 0]) for i in range(3)] == [1, 2, 3]
     assert all("theory" in m["reason"] and "steps" in m["reason"] for m in report["members"])
     # Regime 3 on the toy: mean F within 10% of the random level sum(alpha)/2.
     assert labels[3] == 3
 
 
 def test_find_toy_transitions_brackets_threshold():
-    from three_regimes_jax.transitions import find_toy_transitions
+    from three_regimes_jax.studies.transitions import find_toy_transitions
 
     rep = find_toy_transitions(ALPHAS, (0.05, 0.5), rounds=2, points=8, steps=2000)
     lo, hi = rep["transitions"]["1-2"]
@@ -266,7 +285,7 @@ def test_find_toy_transitions_brackets_threshold():
 
 
 def test_next_grid_and_range_parsing():
-    from three_regimes_jax.transitions import next_grid, parse_elr_range
+    from three_regimes_jax.studies.transitions import next_grid, parse_elr_range
 
     # Touching brackets stay apart (4 + 4 points), identical ones merge.
     g = next_grid([[0.1, 1.0], [1.0, 10.0]], 8)
@@ -284,10 +303,10 @@ def test_next_grid_and_range_parsing():
 
 def test_find_transitions_zooms_with_fake_sweeps(monkeypatch):
     """The round loop, zooming and accounting, with a fake run_sweep (no training)."""
-    from three_regimes_jax import sweep
-    from three_regimes_jax.results import Results
-    from three_regimes_jax.sweep import SweepConfig
-    from three_regimes_jax.transitions import find_transitions
+    from three_regimes_jax.config import Config
+    from three_regimes_jax.storage.results import Results
+    from three_regimes_jax.studies import sweep
+    from three_regimes_jax.studies.transitions import find_transitions
 
     b12, b23, epochs = 0.02, 2.0, 10
     t = np.arange(1, epochs + 1, dtype=float)
@@ -309,11 +328,12 @@ def test_find_transitions_zooms_with_fake_sweeps(monkeypatch):
         num_classes = 10
 
     monkeypatch.setattr(sweep, "run_sweep", fake_run_sweep)
-    base = SweepConfig(seeds=(0, 1), epochs=1)
+    base = Config.from_flat(seeds=(0, 1), epochs=1)
     rep = find_transitions(
         base, (1e-4, 100.0), rounds=3, points=6, epochs=epochs, dataset=FakeData()
     )
-    assert len(calls) == 3 and all(c.epochs == epochs and c.seeds == (0, 1) for c in calls)
+    assert len(calls) == 3
+    assert all(c.train.epochs == epochs and c.train.seeds == (0, 1) for c in calls)
     widths = []
     for r in rep["rounds"]:
         assert r["member_epochs"] == len(r["elrs"]) * 2 * epochs and r["dir"] is None
@@ -328,7 +348,7 @@ def test_find_transitions_zooms_with_fake_sweeps(monkeypatch):
         assert lo < true <= hi and lo <= rep["midpoints"][b] <= hi
     assert rep["compute"]["member_epochs"] == sum(r["member_epochs"] for r in rep["rounds"])
     assert rep["compute"]["rounds"] == 3 and rep["epochs"] == epochs
-    assert "elrs" not in rep["config"] and rep["config"]["seeds"] == [0, 1]
+    assert "elrs" not in rep["config"]["train"] and rep["config"]["train"]["seeds"] == [0, 1]
     # A range with no border inside says where it lies.
     rep = find_transitions(
         base, (1e-4, 1e-3), rounds=2, points=3, epochs=epochs, dataset=FakeData()
@@ -339,10 +359,12 @@ def test_find_transitions_zooms_with_fake_sweeps(monkeypatch):
 
 @pytest.mark.slow
 def test_find_transitions_network(tmp_path):
-    from three_regimes_jax.sweep import SweepConfig
-    from three_regimes_jax.transitions import TRANSITIONS_FILE, run_find_transitions_command
+    from three_regimes_jax.config import Config
+    from three_regimes_jax.studies.transitions import TRANSITIONS_FILE, run_find_transitions_command
 
-    base = SweepConfig(dataset="digits", use_data_size=256, hidden=(16, 8), batch_size=64, epochs=1)
+    base = Config.from_flat(
+        dataset="digits", use_data_size=256, hidden=(16, 8), batch_size=64, epochs=1
+    )
     out = tmp_path / "ft"
     rep = run_find_transitions_command(
         base, (1e-3, 10.0), rounds=2, points=4, epochs=3, out=out, progress=False

@@ -15,10 +15,10 @@ import pytest
 from matplotlib.figure import Figure
 
 from plotting import toy as toy_plots
-from three_regimes_jax import toy
 from three_regimes_jax.cli import parse_floats
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.toy_report import TOY_FILES, run_toy_command
+from three_regimes_jax.studies import toy
+from three_regimes_jax.studies.toy_report import TOY_FILES, run_toy_command
 
 ALPHAS = (1.0, 2.0, 4.0)
 ELRS = (0.1, 0.2, 0.5)
@@ -129,8 +129,11 @@ def test_high_elr_never_settles(run):
 
 
 def test_same_regime_for_all_starts(run):
-    observed = [[toy.observed_regime(run.loss[e, s]) for s in range(STARTS)] for e in range(3)]
-    assert observed == [[1] * STARTS, [2] * STARTS, [3] * STARTS]
+    """ELR 0.1 converges, 0.2 settles and 0.5 fluctuates: regimes 1, 2, 2 from every start."""
+    report = toy.classify_toy(run.loss, ALPHAS, ELRS)
+    labels = [m["regime"] for m in report["members"]]  # ELR-major
+    assert labels == [1] * STARTS + [2] * STARTS + [2] * STARTS
+    assert [m["seed"] for m in report["members"][:STARTS]] == list(range(STARTS))
 
 
 def test_prop1_single_group():
@@ -140,7 +143,7 @@ def test_prop1_single_group():
     assert abs(r.final_loss[0, 0] - 0.5) < 1e-4
     x, y = r.final_params[0, 0, 0]
     assert x * x / (y * y) == pytest.approx(toy.single_group_r2(2.0, 1.0), abs=1e-4)
-    assert toy.observed_regime(r.loss[0, 0]) == 2
+    assert toy.classify_toy(r.loss, [2.0], [1.0])["members"][0]["regime"] == 2
 
 
 def _numpy_projected_gd(alphas, elr, theta, steps):
@@ -181,13 +184,24 @@ def test_no_recompile(small_run):
     np.testing.assert_array_equal(again.loss, small_run.loss)
 
 
-def test_observed_regime_rule():
+def test_classify_toy_rule():
+    """Synthetic trajectories (random level sum(alpha)/2 = 3.5, regime 3 from 0.9 x 3.5)."""
     t = np.arange(400)
-    assert toy.observed_regime(np.zeros(400)) == 1
-    assert toy.observed_regime(np.full(400, 1.5)) == 2
-    assert toy.observed_regime(np.exp(-t / 40.0)) == 0  # still decaying, not yet < 1e-6
     rng = np.random.default_rng(0)
-    assert toy.observed_regime(2.5 + rng.uniform(-1, 1, 400)) == 3
+    curves = [
+        np.zeros(400),  # at the minimum
+        np.exp(-t / 40.0),  # still decaying, median over the window ~6e-4
+        np.full(400, 1.5),  # settled
+        2.5 + rng.uniform(-1, 1, 400),  # chaotic around a level away from 3.5
+        3.5 + rng.uniform(-1, 1, 400),  # chaotic around the random level
+    ]
+    elrs = [0.01, 0.02, 0.3, 0.5, 20.0]
+    report = toy.classify_toy(np.stack(curves), ALPHAS, elrs)
+    assert [m["regime"] for m in report["members"]] == [1, 1, 2, 2, 3]
+    assert toy.toy_chance_loss(ALPHAS) == 3.5
+    assert set(toy.REGIME_LABELS) == {1, 2, 3}
+    with pytest.raises(UserError, match="toy loss must have shape"):
+        toy.classify_toy(np.zeros((2, 10)), ALPHAS, [0.1])
 
 
 # --------------------------------------------------------------------------- command
@@ -198,7 +212,10 @@ def test_command_writes_documented_files(small_run, tmp_path):
     summary = run_toy_command(
         list(ALPHAS), list(SMALL_ELRS), SMALL_STEPS, 3, SMALL_STARTS, str(out)
     )
-    assert sorted(os.listdir(out)) == sorted(TOY_FILES)
+    assert sorted(os.listdir(out)) == sorted(TOY_FILES)  # data only: the library draws nothing
+    paths = toy_plots.write_toy_figures(out)  # what the `toy` command does next
+    assert [p.name for p in paths] == list(toy_plots.TOY_FIGURES)
+    assert sorted(os.listdir(out)) == sorted(TOY_FILES + toy_plots.TOY_FIGURES)
 
     with open(out / "summary.json") as f:
         on_disk = json.load(f)
@@ -215,6 +232,8 @@ def test_command_writes_documented_files(small_run, tmp_path):
         "runs",
     }
     assert summary["threshold"] == pytest.approx(1 / 7)
+    assert summary["files"] == list(TOY_FILES)
+    assert summary["regime_observed_codes"] == {str(k): v for k, v in toy.REGIME_LABELS.items()}
     assert len(summary["runs"]) == len(SMALL_ELRS)
     run_keys = {
         "elr",
@@ -231,6 +250,8 @@ def test_command_writes_documented_files(small_run, tmp_path):
         assert set(r) == run_keys
         assert r["elr"] == elr
         assert len(r["regime_observed_all_starts"]) == SMALL_STARTS
+        assert r["regime_observed"] == r["regime_observed_all_starts"][0]
+        assert set(r["regime_observed_all_starts"]) <= {1, 2, 3}
         assert len(r["mean_group_elr_second_half"]) == len(ALPHAS)
         assert r["final_loss"] == pytest.approx(
             float(small_run.final_loss[SMALL_ELRS.index(elr), 0])
@@ -303,6 +324,15 @@ def test_command_rejects_out_that_is_a_file(tmp_path):
     with pytest.raises(UserError):
         run_toy_command([1.0], [0.1], 10, 0, 1, str(out))
     assert out.read_text() == "x"
+
+
+def test_write_toy_figures_needs_a_toy_dir(tmp_path):
+    with pytest.raises(UserError, match="toy.npz"):
+        toy_plots.write_toy_figures(tmp_path)
+    (tmp_path / "toy.npz").write_bytes(b"not a zip")
+    with pytest.raises(UserError, match="not a toy.npz"):
+        toy_plots.write_toy_figures(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["toy.npz"]
 
 
 def test_parse_floats():

@@ -11,7 +11,6 @@ member), ``find-transitions`` (adaptive search of the regime borders),
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Sequence
 
@@ -52,67 +51,83 @@ def parse_ints(text: str, what: str) -> list[int]:
         raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def parse_elrs(text: str) -> list[float]:
-    """Parses ``--elrs``: non-empty, each finite and > 0."""
-    elrs = parse_floats(text, "--elrs")
-    if not elrs:
-        raise UserError("--elrs is empty: give at least one ELR, e.g. --elrs 1e-3,1e-2")
-    bad = [e for e in elrs if not (math.isfinite(e) and e > 0)]
-    if bad:
-        raise UserError(f"every ELR must be a finite number > 0, got {bad[0]} in --elrs")
-    return elrs
+def parse_elrs(text: str, flag: str = "--elrs") -> list[float]:
+    """Parses a list of ELRs: non-empty, each finite and > 0, no repeats."""
+    from three_regimes_jax.config import check_elrs
+
+    return list(check_elrs(parse_floats(text, flag), flag))
 
 
-def _add_model_args(p, *, sweep: bool) -> None:
-    """Flags shared by ``sweep`` and ``find-transitions``: model, data, training."""
-    from three_regimes_jax.data import DATASETS
-    from three_regimes_jax.grid import STRATEGIES
-    from three_regimes_jax.models import MODELS
-
-    p.add_argument("--model", default="mlp_si", help=f"one of: {', '.join(MODELS)}")
-    p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(DATASETS)}")
-    p.add_argument("--data-dir", help="folder with the original files (or THREE_REGIMES_DATA_DIR)")
-    if sweep:
-        p.add_argument("--elrs", required=True, help="comma-separated ELRs, e.g. 1e-4,1e-3,1e-2")
-    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: 0)")
-    p.add_argument("--epochs", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--width", type=int, default=32, help="ConvNetSI width k (default 32)")
-    p.add_argument("--depth", type=int, default=3, help="ConvNetSI depth (default 3)")
-    p.add_argument("--hidden", default="300,100", help="MLP-SI hidden widths (default 300,100)")
-    p.add_argument("--init-scale", type=float, default=10.0, help="norm of the frozen last layer")
-    p.add_argument("--use-data-size", type=int, help="train on the first N examples only")
-    p.add_argument("--label-noise", type=float, default=0.0, help="fraction of noisy labels")
-    p.add_argument("--noise-seed", type=int, default=0)
-    p.add_argument("--strategy", default="auto", help=f"one of: {', '.join(STRATEGIES)}")
-    p.add_argument("--drop-last", action="store_true", help="drop the last partial batch")
+# Flags of the run commands that are not config fields.
+COMMAND_FLAGS = ("--out", "--overwrite", "--quiet", "--resume", "--from-init")
 
 
-def _config_from_args(args, elrs: tuple[float, ...], **extra):
-    """The :class:`SweepConfig` of the shared flags (see :func:`_add_model_args`)."""
-    from three_regimes_jax.sweep import SweepConfig
+def add_config_flags(p, sections: Sequence[str], *, exclude=(), required=()) -> None:
+    """Adds one flag per field of the config ``sections`` (see ``config.option``).
 
-    if args.use_data_size is not None and args.use_data_size < 1:
-        raise UserError(f"--use-data-size must be >= 1, got {args.use_data_size}")
-    return SweepConfig(
-        model=args.model,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        elrs=elrs,
-        seeds=tuple(parse_ints(args.seeds, "--seeds")),
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        width=args.width,
-        depth=args.depth,
-        hidden=tuple(parse_ints(args.hidden, "--hidden")),
-        init_scale=args.init_scale,
-        use_data_size=args.use_data_size,
-        label_noise=args.label_noise,
-        noise_seed=args.noise_seed,
-        strategy=args.strategy,
-        drop_last=args.drop_last,
-        **extra,
-    )
+    Defaults are not repeated here: a flag that is not given is absent from the
+    parsed namespace, and the config's own default applies.
+    """
+    from three_regimes_jax.config import fields_of
+
+    for section in sections:
+        g = p.add_argument_group(section)
+        for f in fields_of(section):
+            m = f.metadata
+            if m["flag"] in exclude:
+                continue
+            kw = {"dest": m["flat"], "default": argparse.SUPPRESS}
+            if m["flag"] in required:
+                kw["required"] = True
+            default = "" if m["flag"] in required else f" (default: {_shown(f.default)})"
+            if m["choices"]:
+                default += f"; one of: {', '.join(m['choices'])}"
+            kw["help"] = m["help"] + default
+            if m["kind"] == "bool":
+                g.add_argument(m["flag"], action="store_true", **kw)
+                continue
+            kw["type"] = _flag_type(m["kind"], m["flag"])
+            g.add_argument(m["flag"], **kw)
+
+
+def _shown(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "none"
+    return str(value)
+
+
+def _flag_type(kind: str, flag: str):
+    def parse(text: str):
+        try:
+            if kind == "floats":
+                return tuple(parse_floats(text, flag))
+            if kind == "ints":
+                return tuple(parse_ints(text, flag))
+            if kind in ("int", "opt_int"):
+                return int(text)
+            if kind == "float":
+                return float(text)
+            return text
+        except (UserError, ValueError) as e:
+            raise argparse.ArgumentTypeError(
+                str(e)
+                if isinstance(e, UserError)
+                else f"invalid {kind.removeprefix('opt_')}: {text!r}"
+            ) from None
+
+    return parse
+
+
+def config_from_args(args, **overrides):
+    """The :class:`~three_regimes_jax.config.Config` of the parsed config flags."""
+    from three_regimes_jax.config import Config, flat_names
+
+    names = flat_names()
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return Config.from_flat(**{**given, **overrides})
+
+
+SWEEP_SECTIONS = ("model", "data", "train", "measure", "checkpoint", "run")
 
 
 def _add_sweep(sub) -> None:
@@ -122,22 +137,8 @@ def _add_sweep(sub) -> None:
         description="Train every (ELR, seed) member in one compiled step per epoch and "
         "write DIR/config.json, DIR/metrics.npz and DIR/summary.json.",
     )
-    _add_model_args(p, sweep=True)
-    p.add_argument(
-        "--random-walk",
-        action="store_true",
-        help="random-walk baseline (App. M): random tangent steps of the gradient's length",
-    )
-    g = p.add_argument_group("sharpness (App. B)")
-    g.add_argument("--sharpness-every", type=int, default=0, help="every K epochs (0: off)")
-    g.add_argument("--sharpness-size", type=int, default=2048, help="training subset size")
-    g.add_argument("--sharpness-probes", type=int, default=8, help="Hutchinson probes")
-    g.add_argument("--sharpness-iters", type=int, default=20, help="Lanczos iterations")
-    g = p.add_argument_group("checkpoints (Orbax, in DIR/checkpoints)")
-    g.add_argument("--checkpoint-epochs", default="", help="comma-separated epochs, e.g. 0,1,5")
-    g.add_argument("--checkpoint-every", type=int, default=0, help="every N epochs")
-    g.add_argument("--checkpoint-log", action="store_true", help="the paper's log-spaced schedule")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_config_flags(p, SWEEP_SECTIONS, required=("--elrs", "--epochs"))
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_output(p)
     p.set_defaults(func=_cmd_sweep)
 
@@ -149,22 +150,10 @@ def _add_output(p) -> None:
 
 
 def _cmd_sweep(args) -> int:
-    from three_regimes_jax.sweep import run_sweep
+    from three_regimes_jax.studies.sweep import run_sweep
 
-    config = _config_from_args(
-        args,
-        tuple(parse_elrs(args.elrs)),
-        random_walk=args.random_walk,
-        sharpness_every=args.sharpness_every,
-        sharpness_size=args.sharpness_size,
-        sharpness_probes=args.sharpness_probes,
-        sharpness_iters=args.sharpness_iters,
-        checkpoint_epochs=tuple(parse_ints(args.checkpoint_epochs, "--checkpoint-epochs")),
-        checkpoint_every=args.checkpoint_every,
-        checkpoint_log=args.checkpoint_log,
-    )
     res = run_sweep(
-        config,
+        config_from_args(args),
         out=args.out,
         overwrite=args.overwrite,
         resume=args.resume,
@@ -204,11 +193,14 @@ def _add_toy(sub) -> None:
 def _cmd_toy(args) -> int:
     import json
 
-    from three_regimes_jax.toy_report import run_toy_command
+    from three_regimes_jax.studies.toy_report import run_toy_command
 
     alphas = parse_floats(args.alphas, "--alphas")
     elrs = parse_floats(args.elrs, "--elrs")
     summary = run_toy_command(alphas, elrs, args.steps, args.seed, args.starts, args.out)
+    from plotting.toy import write_toy_figures
+
+    write_toy_figures(args.out)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -220,44 +212,37 @@ def _add_finetune(sub) -> None:
         description="Take the members of a checkpointed sweep at --epoch and train each at "
         "every new ELR in one grid; epochs continue from --epoch.",
     )
-    p.add_argument("--from", dest="source", required=True, help="the sweep's results directory")
-    p.add_argument("--epoch", type=int, help="source checkpoint epoch (default: the latest)")
+    add_config_flags(p, ("finetune",), required=("--from",))
     p.add_argument("--from-init", action="store_true", help="start from epoch 0 (baselines)")
-    p.add_argument("--members", default="", help="source ELRs to fine-tune (default: all)")
-    p.add_argument("--elrs", required=True, help="new ELRs, comma-separated")
-    p.add_argument("--epochs", type=int, required=True, help="fine-tuning epochs")
-    p.add_argument(
-        "--data-key",
-        default="continue",
-        help="batch order: continue (the source's, default) or new",
-    )
-    p.add_argument("--sharpness-every", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=0)
+    add_config_flags(p, ("train",), exclude=FINETUNE_FIXED, required=("--elrs", "--epochs"))
+    add_config_flags(p, ("measure", "checkpoint"), exclude=FINETUNE_FIXED)
     _add_output(p)
     p.set_defaults(func=_cmd_finetune)
 
 
-def _cmd_finetune(args) -> int:
-    from three_regimes_jax.checkpoint import latest_epoch
-    from three_regimes_jax.finetune import FinetuneConfig, run_finetune
+# Config fields a fine-tune takes from its source, so they have no finetune flag.
+FINETUNE_FIXED = (
+    "--seeds",
+    "--batch-size",
+    "--drop-last",
+    "--random-walk",
+    "--sharpness-size",
+    "--sharpness-probes",
+    "--sharpness-iters",
+    "--checkpoint-epochs",
+    "--checkpoint-log",
+)
 
-    if args.from_init and args.epoch not in (None, 0):
+
+def _cmd_finetune(args) -> int:
+    from three_regimes_jax.config import flat_names
+    from three_regimes_jax.studies.finetune import finetune_config, run_finetune
+
+    given = {k: v for k, v in vars(args).items() if k in flat_names()}
+    source, epoch = given.pop("source"), given.pop("epoch", None)
+    if args.from_init and epoch not in (None, 0):
         raise UserError("--from-init starts at epoch 0; drop --epoch or --from-init")
-    epoch = 0 if args.from_init else args.epoch
-    if epoch is None:
-        epoch = latest_epoch(args.source)
-        if epoch is None:
-            raise UserError(f"--from {args.source} has no checkpoints; pass a checkpointed sweep")
-    config = FinetuneConfig(
-        source=args.source,
-        epoch=epoch,
-        elrs=tuple(parse_elrs(args.elrs)),
-        epochs=args.epochs,
-        members=tuple(parse_floats(args.members, "--members")),
-        data_key=args.data_key,
-        sharpness_every=args.sharpness_every,
-        checkpoint_every=args.checkpoint_every,
-    )
+    config = finetune_config(source, epoch=0 if args.from_init else epoch, **given)
     res = run_finetune(config, out=args.out, overwrite=args.overwrite, progress=not args.quiet)
     _report(res, args)
     return 0
@@ -280,7 +265,7 @@ def _add_interpolate(sub) -> None:
 
 
 def _cmd_interpolate(args) -> int:
-    from three_regimes_jax.connectivity import run_interpolate
+    from three_regimes_jax.studies.connectivity import run_interpolate
 
     res = run_interpolate(
         args.a,
@@ -315,7 +300,7 @@ def _add_regimes(sub) -> None:
 
 
 def _cmd_regimes(args) -> int:
-    from three_regimes_jax.regimes import run_regimes_command
+    from three_regimes_jax.analysis.report import run_regimes_command
 
     _, table = run_regimes_command(args.dir, random_walk=args.random_walk)
     if not args.quiet:
@@ -330,7 +315,12 @@ def _add_find_transitions(sub) -> None:
         description="Each round trains one vmapped grid of --points log-spaced ELRs; the next "
         "round zooms into the brackets where the regime label changes.",
     )
-    _add_model_args(p, sweep=False)
+    add_config_flags(
+        p,
+        ("model", "data", "train", "run"),
+        exclude=("--elrs", "--random-walk"),
+        required=("--epochs",),
+    )
     p.add_argument("--elr-range", required=True, help="LO,HI, e.g. 1e-6,10")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--points", type=int, default=8, help="ELRs per round")
@@ -339,14 +329,14 @@ def _add_find_transitions(sub) -> None:
 
 
 def _cmd_find_transitions(args) -> int:
-    from three_regimes_jax.transitions import (
+    from three_regimes_jax.studies.transitions import (
         format_transitions,
         parse_elr_range,
         run_find_transitions_command,
     )
 
     elr_range = parse_elr_range(args.elr_range)
-    base = _config_from_args(args, (elr_range[0],))
+    base = config_from_args(args, elrs=(elr_range[0],))
     report = run_find_transitions_command(
         base,
         elr_range,

@@ -1,0 +1,4 @@
+"""Analysis of results: regime classification and its reports (numpy only, no JAX).
+
+See docs/ARCHITECTURE.md.
+"""

@@ -1,0 +1,230 @@
+"""The epoch loop shared by sweeps and fine-tunes: train, measure, record.
+
+:func:`train_grid` runs compiled epochs of a :class:`~three_regimes_jax.engine.train.GridTrainer`
+and records, after each epoch, every per-member measurement on the host in a
+:class:`History`, whose :meth:`History.arrays` are the arrays of ``metrics.npz``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from three_regimes_jax.engine.data import Dataset
+from three_regimes_jax.engine.diagnostics import ess_spread
+from three_regimes_jax.engine.grid import GridState, finite_members
+from three_regimes_jax.engine.metrics import SHARPNESS_KEYS
+from three_regimes_jax.engine.train import GridTrainer
+
+
+@dataclasses.dataclass(frozen=True)
+class SharpnessSettings:
+    """When and how sharpness is measured during training.
+
+    Attributes:
+      every: measure every K epochs and at the last one (0: never).
+      size: the fixed training subset: the first ``size`` examples.
+      probes: Hutchinson probes of the FIM and Hessian traces.
+      iters: Lanczos steps of the top eigenvalues.
+    """
+
+    every: int = 0
+    size: int = 2048
+    probes: int = 8
+    iters: int = 20
+
+
+EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "eff_grad_norm", "si_norm")
+# Key of the sharpness probes (folded with the epoch; shared by all members).
+SHARPNESS_SEED = 2022
+# Every per-epoch array of metrics.npz with a [G, T, ...] shape.
+SERIES = (
+    *EPOCH_METRICS,
+    "batch_loss",
+    "batch_acc",
+    "step_cos",
+    "adjacent_cos",
+    "group_elr",
+    "group_eff_grad_norm",
+    "group_ess",
+)
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch measurements collected on the host while a grid trains.
+
+    Attributes:
+      epochs: absolute epoch numbers recorded (1-based: after that many epochs).
+      series: name -> list (one entry per recorded epoch) of ``[G, ...]`` arrays.
+      sharpness_epochs: epochs at which sharpness was measured.
+      sharpness: name -> list of ``[G]`` arrays.
+      diverged_epoch: ``[G]`` first non-finite epoch, -1 if none.
+    """
+
+    epochs: list[int]
+    series: dict[str, list[np.ndarray]]
+    sharpness_epochs: list[int]
+    sharpness: dict[str, list[np.ndarray]]
+    diverged_epoch: np.ndarray
+
+    @classmethod
+    def empty(cls, g: int) -> History:
+        """No epoch recorded yet, for ``g`` members."""
+        return cls([], {k: [] for k in SERIES}, [], {k: [] for k in SHARPNESS_KEYS}, np.full(g, -1))
+
+    def truncate(self, epoch: int) -> History:
+        """The history up to and including ``epoch`` (for resuming)."""
+        keep = sum(e <= epoch for e in self.epochs)
+        keep_s = sum(e <= epoch for e in self.sharpness_epochs)
+        div = np.where(self.diverged_epoch > epoch, -1, self.diverged_epoch)
+        return History(
+            self.epochs[:keep],
+            {k: v[:keep] for k, v in self.series.items()},
+            self.sharpness_epochs[:keep_s],
+            {k: v[:keep_s] for k, v in self.sharpness.items()},
+            div,
+        )
+
+    def raw_arrays(self) -> dict[str, np.ndarray]:
+        """Everything recorded, as arrays (no NaN masking); inverse of :meth:`from_raw`."""
+        out = {
+            "epochs": np.asarray(self.epochs, np.int64),
+            "sharpness_epochs": np.asarray(self.sharpness_epochs, np.int64),
+            "diverged_epoch": np.asarray(self.diverged_epoch, np.int64),
+        }
+        for prefix, d in (("series/", self.series), ("sharpness/", self.sharpness)):
+            out.update({prefix + k: np.stack(v, axis=1) for k, v in d.items() if v})
+        return out
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, np.ndarray]) -> History:
+        """Rebuilds a history saved with :meth:`raw_arrays`."""
+        h = cls.empty(len(raw["diverged_epoch"]))
+        h.epochs = [int(e) for e in raw["epochs"]]
+        h.sharpness_epochs = [int(e) for e in raw["sharpness_epochs"]]
+        h.diverged_epoch = np.array(raw["diverged_epoch"], np.int64)
+        for prefix, d in (("series/", h.series), ("sharpness/", h.sharpness)):
+            for k in d:
+                if prefix + k in raw:
+                    d[k] = list(np.moveaxis(raw[prefix + k], 1, 0))
+        return h
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Stacked ``[G, T, ...]`` arrays, NaN from each member's divergence on."""
+        out: dict[str, np.ndarray] = {"epoch": np.asarray(self.epochs, np.int64)}
+        g = len(self.diverged_epoch)
+        for k, v in self.series.items():
+            out[k] = np.stack(v, axis=1).astype(np.float32) if v else np.zeros((g, 0), np.float32)
+        out["sharpness_epoch"] = np.asarray(self.sharpness_epochs, np.int64)
+        for k, v in self.sharpness.items():
+            out[k] = np.stack(v, axis=1).astype(np.float32) if v else np.zeros((g, 0), np.float32)
+        for i, e in enumerate(self.diverged_epoch):
+            if e > 0:
+                for k in (*self.series, *self.sharpness):
+                    ep = out["sharpness_epoch" if k in self.sharpness else "epoch"]
+                    out[k][i, ep >= e] = np.nan
+        out["group_ess_spread"] = np.asarray(ess_spread(out["group_ess"]), np.float32)
+        out["diverged"] = self.diverged_epoch > 0
+        out["diverged_epoch"] = self.diverged_epoch.copy()
+        return out
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceData:
+    """A dataset's arrays on device, plus the fixed sharpness subset."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    x_test: jax.Array
+    y_test: jax.Array
+
+    @classmethod
+    def from_dataset(cls, ds: Dataset) -> DeviceData:
+        """Moves a :class:`Dataset` to the default device (once)."""
+        return cls(*(jnp.asarray(a) for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test)))
+
+
+def _progress(total: int, enabled: bool, g: int, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, initial=initial, disable=not enabled, desc=f"{g} members", unit="epoch"
+    )
+
+
+def _sharpness_due(epoch: int, last: int, every: int) -> bool:
+    return every > 0 and (epoch % every == 0 or epoch == last)
+
+
+def train_grid(
+    trainer: GridTrainer,
+    state: GridState,
+    data: DeviceData,
+    sharpness: SharpnessSettings,
+    *,
+    start_epoch: int,
+    end_epoch: int,
+    history: History | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[int, GridState, History], None] | None = None,
+) -> tuple[GridState, History]:
+    """Trains epochs ``start_epoch .. end_epoch - 1`` and measures after each.
+
+    Args:
+      trainer: the compiled trainer.
+      state: the grid state after ``start_epoch`` epochs.
+      data: device arrays.
+      sharpness: when and how to measure sharpness.
+      start_epoch: epochs already done (data order continues from there).
+      end_epoch: total epochs after this call.
+      history: measurements of the epochs already done (appended to).
+      progress: tqdm bar over epochs.
+      on_epoch: called as ``on_epoch(epoch, state, history)`` after each epoch
+        (e.g. to checkpoint).
+
+    Returns:
+      The final state and the history.
+    """
+    history = history or History.empty(state.size)
+    subset_n = min(sharpness.size, data.x_train.shape[0])
+    subset = (data.x_train[:subset_n], data.y_train[:subset_n])
+    with _progress(end_epoch, progress, state.size, start_epoch) as bar:
+        for epoch in range(start_epoch, end_epoch):
+            prev = state.params
+            state, train_m = trainer.train_epoch(state, data.x_train, data.y_train, epoch)
+            eval_m = trainer.evaluate(state, data.x_train, data.y_train, data.x_test, data.y_test)
+            cos = trainer.adjacent_cos(prev, state.params)
+            m = jax.device_get({**train_m, **eval_m, "adjacent_cos": cos})
+            done = epoch + 1
+            newly = ~finite_members(state, m) & (history.diverged_epoch < 0)
+            history.diverged_epoch[newly] = done
+            history.epochs.append(done)
+            for k in SERIES:
+                history.series[k].append(np.asarray(m[k]))
+            if _sharpness_due(done, end_epoch, sharpness.every):
+                key = jax.random.fold_in(jax.random.key(SHARPNESS_SEED), done)
+                sh = trainer.sharpness(
+                    state,
+                    *subset,
+                    key,
+                    n_probes=sharpness.probes,
+                    n_iters=sharpness.iters,
+                )
+                history.sharpness_epochs.append(done)
+                for k, v in jax.device_get(sh).items():
+                    history.sharpness[k].append(np.asarray(v))
+            alive = history.diverged_epoch < 0
+            if alive.any():
+                lo, hi = m["train_loss"][alive].min(), m["train_loss"][alive].max()
+                bar.set_postfix_str(
+                    f"train loss {lo:.3g}..{hi:.3g}, diverged {int((~alive).sum())}"
+                )
+            bar.update(1)
+            if on_epoch is not None:
+                on_epoch(done, state, history)
+    return state, history

@@ -1,0 +1,70 @@
+"""ConvNetSI (paper App. C): the 5-layer CNN with affine-free BatchNorm and a frozen head."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax
+from flax import linen as nn
+
+from three_regimes_jax.engine.models.layers import BatchNorm, FrozenDense, SIConv
+
+
+def _max_pool(x: jax.Array, k: int) -> jax.Array:
+    return nn.max_pool(x, (k, k), strides=(k, k))
+
+
+class ConvNetSI(nn.Module):
+    """ConvNetSI of width ``k`` and depth 3 (the paper's default).
+
+    ``conv3x3(k) -> BN -> ReLU``, then three stages of ``conv3x3 -> BN -> ReLU ->
+    maxpool 2`` with ``2k, 4k, 8k`` channels, then ``maxpool 4``, flatten and a
+    frozen linear layer (weight rescaled to norm ``init_scale``).  Convolutions
+    have no bias (redundant before BN) and BN has no affine parameters, so every
+    trainable parameter is scale-invariant.  Input is ``[B, 32, 32, C]``.
+
+    For ``depth != 3`` the stages are built as in the paper's code: stage ``j``
+    holds ``depth // 3 + (depth % 3 > j)`` blocks; only its last block doubles the
+    width and pools; with ``depth < 3`` the final pooling grows to cover 32x32.
+
+    Attributes:
+      width: ``k``, channels of the first layer.
+      depth: number of stages' blocks (3 in the paper).
+      num_classes: number of outputs.
+      init_scale: Frobenius norm of the frozen last-layer weight (paper: 10).
+      train_last_layer: make the last layer trainable (non-SI) instead of frozen.
+      bn_momentum: BatchNorm running-statistics momentum (PyTorch convention).
+      fast_vjp: convolutions with the loop-friendly VJP (see
+        :func:`~three_regimes_jax.engine.models.layers.conv_same_fast_vjp`); set False
+        for forward-mode autodiff (``jax.jvp``), as the sharpness measures do.
+      uses_conv: True: the grid strategy ``auto`` runs conv models member by member
+        on CPU (see ``engine.grid.choose_strategy``).
+    """
+
+    uses_conv: ClassVar[bool] = True
+    width: int = 32
+    depth: int = 3
+    num_classes: int = 10
+    init_scale: float = 10.0
+    train_last_layer: bool = False
+    bn_momentum: float = 0.1
+    fast_vjp: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c = self.width
+        x = nn.relu(BatchNorm(self.bn_momentum)(SIConv(c, fast_vjp=self.fast_vjp)(x), train))
+        for stage in range(3):
+            n_blocks = self.depth // 3 + int(self.depth % 3 > stage)
+            for b in range(n_blocks):
+                last = b == n_blocks - 1
+                c = 2 * c if last else c
+                x = nn.relu(
+                    BatchNorm(self.bn_momentum)(SIConv(c, fast_vjp=self.fast_vjp)(x), train)
+                )
+                if last:
+                    x = _max_pool(x, 2)
+        pool = 4 * (2 * (3 - self.depth) if self.depth < 3 else 1)
+        x = _max_pool(x, pool)
+        x = x.reshape((x.shape[0], -1))
+        return FrozenDense(self.num_classes, self.init_scale, self.train_last_layer)(x)

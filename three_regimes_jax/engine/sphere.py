@@ -1,0 +1,339 @@
+"""Training on the sphere: fixed-ELR projected SGD, projection, SI masks, per-group stats.
+
+The scale-invariant (SI) parameters of a network are trained on the sphere of
+radius ``rho`` (their joint L2 norm).  One step of projected SGD at effective
+learning rate (ELR) ``elr`` is::
+
+    lr = elr * rho**2
+    theta_hat = theta - lr * grad
+    theta_new = rho * theta_hat / ||theta_hat||
+
+where the norm runs over all SI leaves jointly.  Non-SI leaves are frozen.
+
+Everything here is an Optax ``GradientTransformation`` or a pure jittable
+function.  The swept hyperparameters (``elr``, the radius) live in the
+optimizer *state*, not in Python closures, so a grid of members stacked along a
+leading axis carries one value per member and ``jax.vmap`` sweeps them without
+recompiling.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from flax.core import meta
+
+PyTree = Any
+
+
+# --------------------------------------------------------------------------- SI declaration
+
+
+class ScaleInvariant(struct.PyTreeNode, meta.AxisMetadata):
+    """Box that a model puts around a parameter to declare it scale-invariant.
+
+    Models create SI parameters with ``self.param(name, scale_invariant(init), ...)``.
+    ``model.init`` then returns boxed leaves; :func:`split_si` turns them into a
+    plain parameter tree plus a boolean ``si_mask`` of the same structure.  The
+    mask therefore comes from the model's own declaration, never from parameter
+    names.
+    """
+
+    value: Any
+
+    def unbox(self) -> Any:
+        """Returns the wrapped parameter."""
+        return self.value
+
+    def replace_boxed(self, val: Any) -> ScaleInvariant:
+        """Returns a box of the same kind holding ``val``."""
+        return self.replace(value=val)
+
+    def add_axis(self, index: int, params: dict[Any, Any]) -> ScaleInvariant:
+        """SI-ness does not depend on axes (needed by ``nn.vmap``/``nn.scan``)."""
+        del index, params
+        return self
+
+    def remove_axis(self, index: int, params: dict[Any, Any]) -> ScaleInvariant:
+        """See :meth:`add_axis`."""
+        del index, params
+        return self
+
+
+def scale_invariant(init_fn):
+    """Wraps a Flax initializer so that the parameter it creates is declared SI."""
+
+    def wrapped(*args, **kwargs):
+        return ScaleInvariant(init_fn(*args, **kwargs))
+
+    return wrapped
+
+
+def _is_si_box(x: Any) -> bool:
+    return isinstance(x, ScaleInvariant)
+
+
+def split_si(boxed_params: PyTree) -> tuple[PyTree, PyTree]:
+    """Separates declared SI boxes from a freshly initialised parameter tree.
+
+    Args:
+      boxed_params: the ``"params"`` collection returned by ``model.init``.
+
+    Returns:
+      ``(params, si_mask)``: the unboxed parameters and a pytree of Python bools
+      with the same structure, True exactly for the leaves declared SI.
+    """
+    si_mask = jax.tree.map(_is_si_box, boxed_params, is_leaf=_is_si_box)
+    params = meta.unbox(boxed_params)
+    return params, si_mask
+
+
+def _si_leaves(tree: PyTree, si_mask: PyTree) -> list[jax.Array]:
+    leaves = jax.tree.leaves(tree)
+    mask = jax.tree.leaves(si_mask)
+    if len(leaves) != len(mask):
+        raise ValueError(
+            f"si_mask has {len(mask)} leaves but the tree has {len(leaves)}; "
+            "build the mask from the same model with split_si"
+        )
+    return [leaf for leaf, m in zip(leaves, mask, strict=True) if m]
+
+
+def si_group_names(si_mask: PyTree) -> list[str]:
+    """Names of the SI groups (one per SI leaf), e.g. ``"Dense_0/kernel"``."""
+    paths = jax.tree_util.tree_flatten_with_path(si_mask)[0]
+    return ["/".join(str(getattr(k, "key", k)) for k in path) for path, m in paths if m]
+
+
+def _sq_norm(leaves: list[jax.Array]) -> jax.Array:
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+
+
+def si_norm(params: PyTree, si_mask: PyTree) -> jax.Array:
+    """Joint L2 norm ``rho`` of all SI leaves."""
+    return jnp.sqrt(_sq_norm(_si_leaves(params, si_mask)))
+
+
+def elr_to_lr(elr: jax.Array | float, radius: jax.Array | float) -> jax.Array:
+    """Learning rate that realises ELR ``elr`` on the sphere of radius ``radius``."""
+    return jnp.asarray(elr, jnp.float32) * jnp.square(jnp.asarray(radius, jnp.float32))
+
+
+# --------------------------------------------------------------------------- projection
+
+
+def _project_updates(
+    theta_hat: PyTree, params: PyTree, updates: PyTree, si_mask: PyTree, radius: jax.Array
+) -> PyTree:
+    """Rescales the SI part of ``theta_hat`` onto the sphere; returns updates.
+
+    For SI leaves the update is ``radius * theta_hat / ||theta_hat_SI|| - theta``;
+    non-SI leaves keep ``updates`` unchanged.
+    """
+    scale = radius / jnp.sqrt(_sq_norm(_si_leaves(theta_hat, si_mask)))
+    return jax.tree.map(
+        lambda m, h, p, u: (scale * h - p).astype(p.dtype) if m else u,
+        si_mask,
+        theta_hat,
+        params,
+        updates,
+    )
+
+
+class ProjectionState(NamedTuple):
+    """State of :func:`project_to_sphere`: the radius of the sphere."""
+
+    radius: jax.Array
+
+
+def _initial_radius(radius, params, si_mask) -> jax.Array:
+    if radius is None:
+        return si_norm(params, si_mask)
+    return jnp.asarray(radius, jnp.float32)
+
+
+def project_to_sphere(si_mask: PyTree, radius: float | jax.Array | None = None):
+    """Projects the SI parameters back onto the sphere after any other update.
+
+    Chain it after an optimizer, e.g. ``optax.chain(optax.sgd(lr, momentum=0.9),
+    project_to_sphere(si_mask))``: the SI part of ``params + updates`` is rescaled
+    to norm ``radius`` (joint over all SI leaves); non-SI updates pass through.
+
+    Note (from the paper, Sec. 2 and App. A): with momentum or adaptive
+    optimizers the effective learning rate is *not* fixed by the learning rate
+    and the radius alone, since the step also depends on the optimizer's
+    history, so "training at a fixed ELR" is ambiguous there.  Use
+    :func:`sphere_sgd` for the paper's fixed-ELR setting.
+
+    Args:
+      si_mask: boolean pytree (see :func:`split_si`).
+      radius: sphere radius; ``None`` takes the SI norm of the params passed to
+        ``init``.  May be a traced array.
+
+    Returns:
+      An ``optax.GradientTransformation``; its update needs ``params``.
+    """
+
+    def init_fn(params):
+        return ProjectionState(radius=_initial_radius(radius, params, si_mask))
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError("project_to_sphere needs params in update()")
+        theta_hat = jax.tree.map(lambda p, u: p + u, params, updates)
+        return _project_updates(theta_hat, params, updates, si_mask, state.radius), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- fixed-ELR SGD
+
+
+class SphereState(NamedTuple):
+    """State of :func:`sphere_sgd`: the member's ELR and sphere radius (scalars)."""
+
+    elr: jax.Array
+    radius: jax.Array
+
+
+class SweptTransformation(NamedTuple):
+    """An Optax-style transformation whose ``init`` takes the swept hyperparameters.
+
+    Attributes:
+      init: ``init(params, **hyperparams) -> state``.
+      update: ``update(updates, state, params) -> (updates, state)``.
+    """
+
+    init: Any
+    update: Any
+
+
+def sphere_sgd_swept(
+    si_mask: PyTree, radius: float | jax.Array | None = None
+) -> SweptTransformation:
+    """Projected SGD on the total-norm sphere with the ELR given per member to ``init``.
+
+    ``init(params, elr=...)`` stores ``elr`` and the radius in a
+    :class:`SphereState`; ``update`` reads both from the state.  One instance
+    serves a whole grid (see :func:`sphere_sgd` for the update).
+
+    Args:
+      si_mask: boolean pytree marking SI leaves (see :func:`split_si`).
+      radius: sphere radius ``rho``; ``None`` (default) takes the norm of the SI
+        parameters passed to ``init``, i.e. the initial SI norm.
+
+    Returns:
+      A :class:`SweptTransformation`.
+    """
+
+    def init_fn(params, *, elr):
+        return SphereState(
+            elr=jnp.asarray(elr, jnp.float32), radius=_initial_radius(radius, params, si_mask)
+        )
+
+    def update_fn(grads, state, params=None):
+        if params is None:
+            raise ValueError("sphere_sgd needs params in update()")
+        lr = elr_to_lr(state.elr, state.radius)
+        theta_hat = jax.tree.map(
+            lambda m, p, g: p - lr.astype(p.dtype) * g if m else p, si_mask, params, grads
+        )
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return _project_updates(theta_hat, params, zeros, si_mask, state.radius), state
+
+    return SweptTransformation(init_fn, update_fn)
+
+
+def sphere_sgd(elr: float | jax.Array, si_mask: PyTree, radius: float | jax.Array | None = None):
+    """Projected SGD on the total-norm sphere at a fixed effective learning rate.
+
+    ``theta_hat = theta - elr * radius**2 * grad`` on the SI leaves, then the SI
+    part is rescaled to norm ``radius``.  Non-SI leaves get zero updates.  The
+    returned updates are ``theta_new - theta``, so ``optax.apply_updates`` works.
+
+    ``elr`` and ``radius`` are stored in the state by ``init`` and read from the
+    state by ``update``: a grid of members (state stacked along axis 0) carries
+    one ELR per member.  Both may be traced arrays (``jax.vmap`` over ``elr``
+    works).  Grids use :func:`sphere_sgd_swept`, which takes the ELR in ``init``.
+
+    Args:
+      elr: effective learning rate, > 0.
+      si_mask: boolean pytree marking SI leaves (see :func:`split_si`).
+      radius: sphere radius ``rho``; ``None`` (default) takes the norm of the SI
+        parameters passed to ``init``, i.e. the initial SI norm.
+
+    Returns:
+      An ``optax.GradientTransformation``; its update needs ``params``.
+    """
+    swept = sphere_sgd_swept(si_mask, radius)
+    return optax.GradientTransformation(lambda params: swept.init(params, elr=elr), swept.update)
+
+
+# --------------------------------------------------------------------------- per-group stats
+
+
+class GroupStats(NamedTuple):
+    """Per-group (one group per SI leaf) and total quantities of the paper's Sec. 2.
+
+    Attributes:
+      rho: ``[n]`` group norms ``rho_i = ||theta_i||``.
+      elr: ``[n]`` individual ELRs ``lr / rho_i**2``.
+      eff_grad_norm: ``[n]`` effective gradient norms ``||grad_i|| * rho_i``.
+      ess: ``[n]`` effective step sizes ``elr_i * eff_grad_norm_i``.
+      total_rho: joint SI norm.
+      total_elr: ``lr / total_rho**2`` (equals the run's ELR on the sphere).
+      total_eff_grad_norm: ``||grad_SI|| * total_rho``.
+      total_ess: ``total_elr * total_eff_grad_norm``.
+    """
+
+    rho: jax.Array
+    elr: jax.Array
+    eff_grad_norm: jax.Array
+    ess: jax.Array
+    total_rho: jax.Array
+    total_elr: jax.Array
+    total_eff_grad_norm: jax.Array
+    total_ess: jax.Array
+
+
+def group_stats(params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array) -> GroupStats:
+    """Per-group ELR, effective gradient norm and ESS; jittable and vmappable.
+
+    Satisfies ``sum_i 1/elr_i = 1/total_elr`` (eq. 3) and
+    ``(total_elr * total_eff_grad_norm)**2 = sum_i w_i (elr_i * eff_grad_norm_i)**2``
+    with ``w_i = total_elr / elr_i`` (eq. 4).
+
+    Args:
+      params: parameters at which ``grads`` were taken.
+      grads: gradients of the loss.
+      si_mask: boolean pytree of SI leaves.
+      lr: the (plain) learning rate, ``elr * radius**2``.
+
+    Returns:
+      A :class:`GroupStats`.
+    """
+    p_leaves = _si_leaves(params, si_mask)
+    g_leaves = _si_leaves(grads, si_mask)
+    rho_sq = jnp.stack([jnp.sum(jnp.square(p.astype(jnp.float32))) for p in p_leaves])
+    grad_sq = jnp.stack([jnp.sum(jnp.square(g.astype(jnp.float32))) for g in g_leaves])
+    lr = jnp.asarray(lr, jnp.float32)
+    rho = jnp.sqrt(rho_sq)
+    elr = lr / rho_sq
+    eff = jnp.sqrt(grad_sq) * rho
+    total_rho = jnp.sqrt(jnp.sum(rho_sq))
+    total_elr = lr / jnp.sum(rho_sq)
+    total_eff = jnp.sqrt(jnp.sum(grad_sq)) * total_rho
+    return GroupStats(
+        rho=rho,
+        elr=elr,
+        eff_grad_norm=eff,
+        ess=elr * eff,
+        total_rho=total_rho,
+        total_elr=total_elr,
+        total_eff_grad_norm=total_eff,
+        total_ess=total_elr * total_eff,
+    )

@@ -1,0 +1,298 @@
+"""The one run driver: train a grid from a config, measure, checkpoint, summarise, write.
+
+Sweeps (:mod:`~three_regimes_jax.studies.sweep`) and fine-tunes
+(:mod:`~three_regimes_jax.studies.finetune`) differ only in where their first
+grid state comes from; everything after that is :func:`run_grid`:
+
+1. pre-flight checks of ``out`` (nothing is written if they fail);
+2. the checkpoint schedule and the first checkpoint (or the resume point);
+3. the epoch loop (:func:`~three_regimes_jax.engine.loop.train_grid`), with a
+   checkpoint, and the history it needs to resume, at every scheduled epoch;
+4. the metric arrays of ``metrics.npz``, the summary and the atomic write.
+
+It also rebuilds what a run needs from a config alone: the dataset
+(:func:`load_data`), the compiled trainer (:func:`make_trainer`) and, from a
+checkpoint's meta, the abstract grid state to restore into
+(:func:`state_template`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from three_regimes_jax.config import Config
+from three_regimes_jax.engine.data import Dataset, load_dataset
+from three_regimes_jax.engine.grid import GridState, shard_grid
+from three_regimes_jax.engine.loop import (
+    EPOCH_METRICS,
+    DeviceData,
+    History,
+    SharpnessSettings,
+    train_grid,
+)
+from three_regimes_jax.engine.metrics import SHARPNESS_KEYS
+from three_regimes_jax.engine.models import input_size_of
+from three_regimes_jax.engine.train import GridTrainer
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.checkpoint import (
+    CHECKPOINTS,
+    GridCheckpointer,
+    available_epochs,
+    load_checkpoint,
+    read_meta,
+)
+from three_regimes_jax.storage.results import (
+    Results,
+    check_out_dir,
+    check_writable,
+    config_diff,
+    write_npz,
+    write_results,
+)
+from three_regimes_jax.storage.schedule import checkpoint_epochs
+
+HISTORY_FILE = "history.npz"
+
+
+def load_data(config: Config) -> Dataset:
+    """The config's dataset, padded to the input size its model needs."""
+    d = config.data
+    return load_dataset(
+        d.dataset,
+        d.data_dir,
+        use_data_size=d.use_data_size,
+        label_noise=d.label_noise,
+        noise_seed=d.noise_seed,
+        pad_to=input_size_of(config.model.name),
+    )
+
+
+def make_trainer(config: Config, num_classes: int, input_shape: tuple[int, ...]) -> GridTrainer:
+    """The compiled grid trainer of a config's model."""
+    return GridTrainer.from_config(config, num_classes, input_shape)
+
+
+def state_template(meta: Mapping[str, Any]) -> GridState:
+    """The abstract grid state (shapes and dtypes) of a checkpoint, from its meta alone.
+
+    Rebuilds the model from ``meta["config"]`` (either config layout), with
+    ``num_classes``, ``input_shape`` and ``members`` from the meta, without
+    computing anything.
+    """
+    try:
+        num_classes, shape = int(meta["num_classes"]), tuple(meta["input_shape"])
+        g = int(meta["members"])
+        raw = meta["config"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"checkpoint meta is incomplete ({e}); it cannot be restored") from None
+    config = Config.from_dict(raw)
+    # Built inside eval_shape: the model's SI-mask setup stays abstract (no compute).
+    return jax.eval_shape(
+        lambda: make_trainer(config, num_classes, shape).init([1.0] * g, [0] * g, shape)
+    )
+
+
+def summarize(
+    metrics: Mapping[str, np.ndarray], seconds: float, strategy: str, epochs: int
+) -> dict[str, Any]:
+    """The ``summary.json`` dict: final values per member and run facts."""
+    members = []
+    for i in range(len(metrics["elr"])):
+        row = {"elr": float(metrics["elr"][i]), "seed": int(metrics["seed"][i])}
+        for k in EPOCH_METRICS:
+            row[k] = float(metrics[k][i, -1])
+        row["test_error"] = 1.0 - row["test_acc"]
+        for k in SHARPNESS_KEYS:
+            if metrics[k].shape[1]:
+                row[k] = float(metrics[k][i, -1])
+        row["diverged"] = bool(metrics["diverged"][i])
+        row["diverged_epoch"] = int(metrics["diverged_epoch"][i])
+        for k in ("source_elr", "source_epoch"):
+            if k in metrics:
+                row[k] = metrics[k][i].item()
+        members.append(row)
+    return {
+        "members": members,
+        "epochs": epochs,
+        "wall_time_s": round(seconds, 3),
+        "strategy": strategy,
+        "backend": jax.default_backend(),
+        "devices": jax.device_count(),
+    }
+
+
+def schedule_of(config: Config, out: str | Path | None) -> list[int]:
+    """The epochs to checkpoint: the config's schedule.
+
+    A fine-tune with an ``out`` always saves its first and last epoch.
+    """
+    c = config.checkpoint
+    return checkpoint_epochs(
+        config.end_epoch,
+        c.epochs,
+        c.every,
+        c.log,
+        start=config.start_epoch,
+        always=config.finetune is not None and out is not None,
+    )
+
+
+def check_out(
+    config: Config, out: str | Path | None, *, overwrite: bool, resume: bool
+) -> list[int]:
+    """Pre-flight checks of ``out`` (nothing is written); returns the checkpoint schedule."""
+    schedule = schedule_of(config, out)
+    if (schedule or resume) and out is None:
+        raise UserError("checkpointing and --resume need an output directory (--out DIR)")
+    if out is None:
+        return schedule
+    out = Path(out)
+    cfg = config.to_dict()
+    has_ckpts = bool(available_epochs(out)) if out.is_dir() else False
+    if resume:
+        check_writable(out)
+        if overwrite:
+            raise UserError("--resume and --overwrite contradict each other; pass one of them")
+        if not has_ckpts:
+            raise UserError(
+                f"nothing to resume in {out}: it has no checkpoints; run the sweep with "
+                "--checkpoint-every N or --checkpoint-log to make it resumable"
+            )
+        diff = config_diff(read_meta(out)["config"], cfg)
+        if diff:
+            raise UserError(
+                f"cannot resume {out} with another config (differs in: {', '.join(diff)}); "
+                "repeat the original command with --resume"
+            )
+        return schedule
+    if has_ckpts and not (out / "config.json").exists() and not overwrite:
+        raise UserError(
+            f"--out {out} holds an interrupted run; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    check_out_dir(out, cfg, overwrite)
+    return schedule
+
+
+def _save(ckpt: GridCheckpointer, epoch: int, state: GridState, history: History, extra) -> None:
+    """Saves the grid state, then the history it needs to resume (both atomic)."""
+    ckpt.save(epoch, state, extra, overwrite=True)
+    write_npz(ckpt.directory / HISTORY_FILE, history.raw_arrays())
+
+
+def _resume(out: Path, template: GridState, config: Config) -> tuple[GridState, History, int]:
+    """State and history at the latest checkpoint that has its history saved."""
+    path = out / CHECKPOINTS / HISTORY_FILE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            history = History.from_raw({k: z[k] for k in z.files})
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot resume {out}: its {HISTORY_FILE} is unreadable ({e})") from None
+    recorded = history.epochs[-1] if history.epochs else config.start_epoch
+    usable = [e for e in available_epochs(out) if config.start_epoch <= e <= recorded]
+    if not usable:
+        raise UserError(f"cannot resume {out}: no checkpoint matches its history; use --overwrite")
+    epoch = usable[-1]
+    state, _ = load_checkpoint(out, epoch, template=template, config=config.to_dict())
+    return state, history.truncate(epoch), epoch
+
+
+def run_grid(
+    config: Config,
+    state: GridState,
+    trainer: GridTrainer,
+    ds: Dataset,
+    *,
+    out: str | Path | None,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    member_info: Mapping[str, np.ndarray],
+    checkpoint_extra: Mapping[str, Any] | None = None,
+) -> Results:
+    """Trains ``state`` from ``config.start_epoch`` to ``config.end_epoch`` and records it all.
+
+    Args:
+      config: the run (validated at construction).
+      state: the grid state at ``config.start_epoch``.
+      trainer: the compiled trainer of the config's model.
+      ds: the dataset.
+      out: results directory (checked before training, written at the end);
+        required for checkpointing and resuming.
+      overwrite: allow ``out`` to hold a different run (its checkpoints are deleted).
+      resume: continue the interrupted run in ``out`` from its latest checkpoint.
+      progress: tqdm bar over epochs.
+      member_info: per-member arrays ``[G]`` put first in ``metrics.npz``:
+        ``elr`` and ``seed`` always, ``source_*`` for fine-tunes.
+      checkpoint_extra: extra JSON meta of every checkpoint.
+
+    Returns:
+      :class:`~three_regimes_jax.storage.results.Results` with the final state.
+    """
+    schedule = set(check_out(config, out, overwrite=overwrite, resume=resume))
+    if config.train.drop_last and config.train.batch_size > ds.x_train.shape[0]:
+        raise UserError(
+            f"--batch-size {config.train.batch_size} is larger than the {ds.x_train.shape[0]} "
+            "training examples, so --drop-last would drop every batch; use a smaller batch"
+        )
+    if trainer.strategy == "vmap":
+        state = shard_grid(state)  # a no-op on one device
+    ckpt = None
+    if schedule:
+        ckpt = GridCheckpointer(
+            out,
+            config=config.to_dict(),
+            num_classes=ds.num_classes,
+            input_shape=ds.image_shape,
+            seeds=[int(s) for s in member_info["seed"]],
+        )
+    start, history = config.start_epoch, None
+    if resume:
+        state, history, start = _resume(Path(out), state, config)
+    elif ckpt is not None:
+        if overwrite:
+            shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
+        _save(ckpt, start, state, History.empty(state.size), checkpoint_extra)
+
+    def on_epoch(epoch: int, state: GridState, history: History) -> None:
+        if ckpt is not None and epoch in schedule:
+            _save(ckpt, epoch, state, history, checkpoint_extra)
+
+    m = config.measure
+    t0 = time.perf_counter()
+    state, history = train_grid(
+        trainer,
+        state,
+        DeviceData.from_dataset(ds),
+        SharpnessSettings(
+            m.sharpness_every, m.sharpness_size, m.sharpness_probes, m.sharpness_iters
+        ),
+        start_epoch=start,
+        end_epoch=config.end_epoch,
+        history=history,
+        progress=progress,
+        on_epoch=on_epoch,
+    )
+    seconds = time.perf_counter() - t0
+    if ckpt is not None:
+        ckpt.close()
+    metrics = {
+        **member_info,
+        **history.arrays(),
+        "group_names": np.asarray(trainer.group_names, dtype=str),
+    }
+    summary = summarize(metrics, seconds, trainer.strategy, config.train.epochs)
+    if start > config.start_epoch:
+        summary["resumed_from_epoch"] = start
+    cfg = config.to_dict()
+    res = Results(config=cfg, metrics=metrics, summary=summary, state=state)
+    if out is not None:
+        write_results(out, cfg, metrics, summary)
+    return res

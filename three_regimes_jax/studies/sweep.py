@@ -1,0 +1,80 @@
+"""ELR x seed sweeps: ``run_sweep``.
+
+The Python API mirrors ``three-regimes sweep``::
+
+    from three_regimes_jax import Config, run_sweep, load_results
+    cfg = Config.from_flat(model="mlp_si", dataset="digits", elrs=(1e-3, 1e-2, 1e-1), epochs=5)
+    res = run_sweep(cfg, out="runs/x")
+    res.metrics["train_loss"]   # [G, T]
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from three_regimes_jax.config import Config
+from three_regimes_jax.engine.data import Dataset
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.results import Results
+from three_regimes_jax.studies.run import check_out, load_data, make_trainer, run_grid
+
+
+def run_sweep(
+    config: Config,
+    out: str | os.PathLike | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+) -> Results:
+    """Trains the whole ELR x seed grid and measures every member each epoch.
+
+    With checkpointing on (``config.checkpoint``), the whole grid state is
+    saved to ``out/checkpoints/<epoch>`` (Orbax) with the measurement history up
+    to it, so ``resume=True`` continues an interrupted run from its latest
+    checkpoint and writes the same ``metrics.npz``, byte for byte, as an
+    uninterrupted run.
+
+    Args:
+      config: the sweep (a :class:`~three_regimes_jax.config.Config` without ``finetune``).
+      out: results directory, written at the end (checked before training);
+        required for checkpointing.
+      overwrite: allow ``out`` to hold a different run (its checkpoints are
+        deleted).
+      resume: continue the interrupted run in ``out`` from its latest checkpoint.
+      progress: show a tqdm bar over epochs (loss range across the grid).
+      dataset: an already loaded dataset (else loaded from the config).
+
+    Returns:
+      :class:`Results` with ``metrics`` as in ``metrics.npz`` and the final state.
+
+    Raises:
+      UserError: missing dataset, unusable ``out`` or nothing to resume;
+        nothing is written.
+    """
+    if not isinstance(config, Config) or config.finetune is not None:
+        raise UserError("run_sweep needs a sweep Config (use run_finetune for fine-tunes)")
+    check_out(config, out, overwrite=overwrite, resume=resume)  # before loading any data
+    ds = dataset if dataset is not None else load_data(config)
+    trainer = make_trainer(config, ds.num_classes, ds.image_shape)
+    state = trainer.init(config.member_elrs, config.member_seeds, ds.image_shape)
+    return run_grid(
+        config,
+        state,
+        trainer,
+        ds,
+        out=out,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+        member_info={
+            "elr": np.asarray(config.member_elrs, np.float64),
+            "seed": np.asarray(config.member_seeds, np.int64),
+        },
+    )
+
+
+__all__ = ["run_sweep"]
