@@ -28,9 +28,6 @@ def pytest_configure(config):
     global _JAX_CACHE
     import jax
 
-    if os.environ.get("NOCACHE"):
-        return
-
     _JAX_CACHE = tempfile.mkdtemp(prefix="three-regimes-jax-cache-")
     jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
@@ -88,20 +85,6 @@ def trainers(tiny_mlp):
 
     model, mask = tiny_mlp
     return {s: GridTrainer(model, mask, batch_size=64, strategy=s) for s in ("vmap", "map")}
-
-
-def init_jitted(model, key, input_shape):
-    """``init_model`` under one ``jax.jit`` (eager init compiles every op on its own).
-
-    Returns the same :class:`~three_regimes_jax.engine.models.ModelVariables`;
-    the SI mask (Python bools) comes from the model's abstract init.
-    """
-    import jax
-
-    from three_regimes_jax.engine.models import init_model, si_mask_of
-
-    variables = jax.jit(lambda k: init_model(model, k, input_shape)._replace(si_mask=None))(key)
-    return variables._replace(si_mask=si_mask_of(model, input_shape))
 
 
 def rel_err(a, b) -> float:

@@ -26,9 +26,9 @@ def setup():
     """Tiny MLP-SI (5 -> 6 -> 4 -> 3), 32 examples, and one jitted grid sharpness call."""
     model = build_model("mlp_si", 3, hidden=(6, 4))
     v = init_model(model, jax.random.key(1), (5,))
-    kx, ky = jax.random.split(jax.random.key(2))
-    x = jax.random.normal(kx, (N, 5))
-    y = jax.random.randint(ky, (N,), 0, 3)
+    rng = np.random.default_rng(2)  # numpy: eager jax.random compiles a kernel per shape
+    x = jnp.asarray(rng.normal(size=(N, 5)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 3, N), jnp.int32)
     key = jax.random.key(3)
     fn = metrics.make_sharpness_fn(
         model.apply, v.si_mask, batch_size=BS, n_probes=N_PROBES, n_iters=N_ITERS, grid=True

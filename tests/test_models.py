@@ -6,23 +6,44 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import init_jitted
 
-from three_regimes_jax.engine.models import FROZEN, BatchNorm, build_model, init_model
+from three_regimes_jax.engine.models import (
+    FROZEN,
+    BatchNorm,
+    ModelVariables,
+    build_model,
+    init_model,
+    si_mask_of,
+)
 from three_regimes_jax.engine.sphere import si_group_names
 from three_regimes_jax.errors import UserError
 
 
+def _at_random_si_point(model, shape):
+    """init_model's frozen head and BN statistics; its SI kernels drawn N(0, 1) instead.
+
+    SI properties hold at any point, and NumPy draws of init_model's shapes spare
+    compiling the init's random kernels for every shape (seconds on CPU).
+    """
+    abstract = jax.eval_shape(
+        lambda: init_model(model, jax.random.key(0), shape)._replace(si_mask=None)
+    )
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), a.dtype), abstract.params)
+    frozen, batch_stats = jax.jit(
+        lambda k: (lambda v: (v.frozen, v.batch_stats))(init_model(model, k, shape))
+    )(jax.random.key(0))
+    return model, ModelVariables(params, batch_stats, frozen, si_mask_of(model, shape))
+
+
 @pytest.fixture(scope="module")
 def convnet():
-    model = build_model("convnet_si", 10, width=4)
-    return model, init_jitted(model, jax.random.key(0), (32, 32, 3))
+    return _at_random_si_point(build_model("convnet_si", 10, width=4), (32, 32, 3))
 
 
 @pytest.fixture(scope="module")
 def small_mlp():
-    model = build_model("mlp_si", 10, hidden=(16, 8))
-    return model, init_jitted(model, jax.random.key(0), (8, 8, 1))
+    return _at_random_si_point(build_model("mlp_si", 10, hidden=(16, 8)), (8, 8, 1))
 
 
 def test_convnet_si_architecture(convnet):
@@ -64,7 +85,7 @@ def test_mlp_si_architecture_and_pytorch_init():
 
 
 def test_batchnorm_matches_pytorch_semantics():
-    x = jax.random.normal(jax.random.key(0), (16, 5)) * 3 + 1
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 5)) * 3 + 1, jnp.float32)
     bn = BatchNorm()
     variables = bn.init(jax.random.key(0), x, train=False)
     y, upd = bn.apply(variables, x, train=True, mutable=["batch_stats"])
@@ -89,7 +110,7 @@ def test_gradients_are_orthogonal_to_each_si_group(name, request):
     model, v = request.getfixturevalue({"mlp_si": "small_mlp", "convnet_si": "convnet"}[name])
     shape = (8, 8, 1) if name == "mlp_si" else (32, 32, 3)
     n = 16
-    x = jax.random.normal(jax.random.key(1), (n, *shape))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(n, *shape)), jnp.float32)
     y = jnp.arange(n) % 10
 
     def loss(params):
@@ -131,10 +152,11 @@ def test_fast_vjp_convolution_matches_xla_gradients():
     """The loop-friendly conv VJP gives the same values and gradients (also vmapped)."""
     from three_regimes_jax.engine.models.layers import _conv_same, conv_same_fast_vjp
 
-    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
-    x = jax.random.normal(k1, (4, 8, 8, 3))
-    kernels = jax.random.normal(k2, (2, 3, 3, 3, 5))
-    dy = jax.random.normal(k3, (4, 8, 8, 5))
+    rng = np.random.default_rng(3)  # numpy: eager jax.random compiles a kernel per shape
+    x, kernels, dy = (
+        jnp.asarray(rng.normal(size=shape), jnp.float32)
+        for shape in ((4, 8, 8, 3), (2, 3, 3, 3, 5), (4, 8, 8, 5))
+    )
 
     def loss(conv):
         return lambda x, k: jnp.vdot(conv(x, k), dy)

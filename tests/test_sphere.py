@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -23,22 +25,36 @@ from three_regimes_jax.engine.sphere import (
 MASK = {"a": True, "b": {"w": True, "v": True}, "frozen_like": False}
 
 
+@functools.cache
 def _params(key=0):
-    k = jax.random.split(jax.random.key(key), 4)
-    return {
-        "a": jax.random.normal(k[0], (5, 3)),
-        "b": {"w": jax.random.normal(k[1], (7,)), "v": jax.random.normal(k[2], (2, 2))},
-        "frozen_like": jax.random.normal(k[3], (4,)),
-    }
+    @jax.jit
+    def make(key):
+        k = jax.random.split(key, 4)
+        return {
+            "a": jax.random.normal(k[0], (5, 3)),
+            "b": {"w": jax.random.normal(k[1], (7,)), "v": jax.random.normal(k[2], (2, 2))},
+            "frozen_like": jax.random.normal(k[3], (4,)),
+        }
+
+    with jax.ensure_compile_time_eval():  # also when first called while tracing
+        return make(jax.random.key(key))
 
 
+@functools.cache
 def _targets():
-    k = jax.random.split(jax.random.key(99), 3)
-    return [
-        jax.random.normal(k[0], (5, 3)),
-        jax.random.normal(k[1], (7,)),
-        jax.random.normal(k[2], (2, 2)),
-    ]
+    """Constants (NumPy), so that the programs below hold no random-number kernels."""
+
+    @jax.jit
+    def make(key):
+        k = jax.random.split(key, 3)
+        return [
+            jax.random.normal(k[0], (5, 3)),
+            jax.random.normal(k[1], (7,)),
+            jax.random.normal(k[2], (2, 2)),
+        ]
+
+    with jax.ensure_compile_time_eval():  # also when first called while tracing
+        return [np.asarray(t) for t in make(jax.random.key(99))]
 
 
 def si_loss(params):
@@ -50,6 +66,9 @@ def si_loss(params):
         u = p / jnp.linalg.norm(p)
         loss = loss + s * jnp.sum(jnp.sin(3 * u) * t) + s * jnp.sum(u * t) ** 2
     return loss + 0.0 * jnp.sum(params["frozen_like"])
+
+
+_si_grad = jax.jit(jax.grad(si_loss))
 
 
 def _train(elr, steps, params=None):
@@ -114,7 +133,7 @@ def test_one_step_equals_closed_form():
 
 def test_radius_argument_and_traced_hyperparameters():
     p = _params()
-    g = jax.grad(si_loss)(p)
+    g = _si_grad(p)
 
     def one(elr, radius):
         tx = sphere_sgd(elr, MASK, radius=radius)
@@ -125,6 +144,7 @@ def test_radius_argument_and_traced_hyperparameters():
     np.testing.assert_allclose(out, [2.0, 5.0], rtol=1e-6)
 
 
+@jax.jit
 def _stats(p, elr):
     g = jax.grad(si_loss)(p)
     return group_stats(p, g, MASK, elr_to_lr(elr, si_norm(p, MASK)))
@@ -149,12 +169,17 @@ def test_eq5_elr_update_rule_step_to_step():
     p = _params(3)
     state = tx.init(p)
     lr = elr_to_lr(elr, state.radius)
-    for _ in range(10):
+
+    @jax.jit
+    def step(p, state):
         g = jax.grad(si_loss)(p)
         s = group_stats(p, g, MASK, lr)
         u, state = tx.update(g, state, p)
         p = optax.apply_updates(p, u)
-        s_next = group_stats(p, g, MASK, lr)
+        return p, state, s, group_stats(p, g, MASK, lr)
+
+    for _ in range(10):
+        p, state, s, s_next = step(p, state)
         pred = s.elr * (1 + s.total_ess**2) / (1 + s.ess**2)
         np.testing.assert_allclose(s_next.elr, pred, rtol=1e-4)
 
@@ -175,10 +200,15 @@ def test_projection_after_momentum_sgd():
     rho = float(si_norm(p, MASK))
     tx = optax.chain(optax.sgd(0.1, momentum=0.9), project_to_sphere(MASK))
     state = tx.init(p)
-    for _ in range(5):
+
+    @jax.jit
+    def step(p, state):
         g = jax.grad(lambda q: si_loss(q) + jnp.sum(q["frozen_like"] ** 2))(p)
         u, state = tx.update(g, state, p)
-        p_new = optax.apply_updates(p, u)
+        return optax.apply_updates(p, u), state
+
+    for _ in range(5):
+        p_new, state = step(p, state)
         # non-SI leaves follow plain momentum SGD: the update passes through
         assert not np.allclose(p_new["frozen_like"], p["frozen_like"])
         p = p_new
