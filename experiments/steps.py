@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from three_regimes_jax.config import CONFIG_VERSION, Config, fields_of
+from three_regimes_jax.config import CONFIG_VERSION, FINETUNE_OVERRIDES, Config, fields_of
 from three_regimes_jax.errors import UserError
 
 #: Placeholders a step's strings may use.
@@ -40,16 +40,6 @@ PLACEHOLDERS = ("out", "data")
 PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 PROG = "three-regimes"
 
-#: Flat names a fine-tune step may override (the other fields are the source
-#: run's); the same set as the ``three-regimes finetune`` flags.
-FINETUNE_OVERRIDES = (
-    "elrs",
-    "epochs",
-    "sharpness_every",
-    "checkpoint_every",
-    "members",
-    "data_key",
-)
 _FINETUNE_REQUIRED = ("elrs", "epochs")
 
 

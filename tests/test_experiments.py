@@ -19,9 +19,9 @@ from experiments.runner import (
     run_experiment,
     validate_config,
 )
-from experiments.steps import FINETUNE_OVERRIDES, KINDS, check_step
+from experiments.steps import KINDS, check_step
 from three_regimes_jax import cli
-from three_regimes_jax.config import CONFIG_VERSION, Config, fields_of
+from three_regimes_jax.config import CONFIG_VERSION, FINETUNE_OVERRIDES, Config, fields_of
 from three_regimes_jax.errors import UserError
 
 NAMES = experiment_names()
@@ -134,13 +134,11 @@ def test_other_command_lines_give_the_steps_arguments(variant):
 
 
 def test_finetune_overrides_are_the_cli_finetune_flags():
-    flags = {
-        f.metadata["flat"]
-        for section in ("train", "measure", "checkpoint", "finetune")
-        for f in fields_of(section)
-        if f.metadata["flag"] not in cli.FINETUNE_FIXED
-    }
-    assert set(FINETUNE_OVERRIDES) == flags - {"source", "epoch"}
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    dests = {a.dest for a in sub.choices["finetune"]._actions}
+    flats = {f.metadata["flat"] for s in ("train", "measure", "checkpoint") for f in fields_of(s)}
+    assert dests & flats == set(FINETUNE_OVERRIDES) - {"members", "data_key"}
+    assert {"source", "epoch", "members", "data_key"} <= dests
 
 
 def test_format_step_renders_flags_lists_and_bools():

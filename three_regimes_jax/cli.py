@@ -62,7 +62,7 @@ def parse_elrs(text: str, flag: str = "--elrs") -> list[float]:
 COMMAND_FLAGS = ("--out", "--overwrite", "--quiet", "--resume", "--from-init")
 
 
-def add_config_flags(p, sections: Sequence[str], *, exclude=(), required=()) -> None:
+def add_config_flags(p, sections: Sequence[str], *, include=None, exclude=(), required=()) -> None:
     """Adds one flag per field of the config ``sections`` (see ``config.option``).
 
     Defaults are not repeated here: a flag that is not given is absent from the
@@ -74,7 +74,7 @@ def add_config_flags(p, sections: Sequence[str], *, exclude=(), required=()) -> 
         g = p.add_argument_group(section)
         for f in fields_of(section):
             m = f.metadata
-            if m["flag"] in exclude:
+            if m["flag"] in exclude or (include is not None and m["flat"] not in include):
                 continue
             kw = {"dest": m["flat"], "default": argparse.SUPPRESS}
             if m["flag"] in required:
@@ -212,26 +212,18 @@ def _add_finetune(sub) -> None:
         description="Take the members of a checkpointed sweep at --epoch and train each at "
         "every new ELR in one grid; epochs continue from --epoch.",
     )
+    from three_regimes_jax.config import FINETUNE_OVERRIDES
+
     add_config_flags(p, ("finetune",), required=("--from",))
     p.add_argument("--from-init", action="store_true", help="start from epoch 0 (baselines)")
-    add_config_flags(p, ("train",), exclude=FINETUNE_FIXED, required=("--elrs", "--epochs"))
-    add_config_flags(p, ("measure", "checkpoint"), exclude=FINETUNE_FIXED)
+    add_config_flags(
+        p,
+        ("train", "measure", "checkpoint"),
+        include=FINETUNE_OVERRIDES,
+        required=("--elrs", "--epochs"),
+    )
     _add_output(p)
     p.set_defaults(func=_cmd_finetune)
-
-
-# Config fields a fine-tune takes from its source, so they have no finetune flag.
-FINETUNE_FIXED = (
-    "--seeds",
-    "--batch-size",
-    "--drop-last",
-    "--random-walk",
-    "--sharpness-size",
-    "--sharpness-probes",
-    "--sharpness-iters",
-    "--checkpoint-epochs",
-    "--checkpoint-log",
-)
 
 
 def _cmd_finetune(args) -> int:

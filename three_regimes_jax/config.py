@@ -218,6 +218,17 @@ class FinetuneConfig(Section):
     )
 
 
+#: Flat names a fine-tune sets besides ``source`` and ``epoch``; every other field
+#: is the source run's (its model, data, batch size, seeds, sharpness settings).
+FINETUNE_OVERRIDES = (
+    "elrs",
+    "epochs",
+    "sharpness_every",
+    "checkpoint_every",
+    "members",
+    "data_key",
+)
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -417,6 +428,7 @@ __all__ = [
     "CONFIG_VERSION",
     "DATASET_NAMES",
     "DATA_KEYS",
+    "FINETUNE_OVERRIDES",
     "MODEL_NAMES",
     "SECTIONS",
     "STRATEGIES",

@@ -248,10 +248,12 @@ def init_grid(
     """
     if len(elrs) != len(seeds) or not elrs:
         raise ValueError("the grid is empty or elrs and seeds differ in length")
+    # One compiled init (eagerly, every random op of every shape compiles on its own).
+    init = jax.jit(lambda key: init_model(model, key, input_shape)._replace(si_mask=None))
     per_seed = {}
     for seed in dict.fromkeys(int(s) for s in seeds):
         init_key, data_key = jax.random.split(jax.random.key(seed))
-        per_seed[seed] = (init_model(model, init_key, input_shape), jax.random.key_data(data_key))
+        per_seed[seed] = (init(init_key), jax.random.key_data(data_key))
     members = []
     for elr, seed in zip(elrs, seeds, strict=True):
         v, data_key = per_seed[int(seed)]
