@@ -55,7 +55,8 @@ from common import (
 
 from three_regimes_jax.config import Config
 from three_regimes_jax.engine.grid import member
-from three_regimes_jax.engine.train import GridTrainer, make_train_step
+from three_regimes_jax.engine.train import make_train_step
+from three_regimes_jax.engine.trainer import GridTrainer
 from three_regimes_jax.studies.run import make_trainer
 
 

@@ -8,8 +8,9 @@ returns a :class:`matplotlib.figure.Figure` on an Agg canvas:
 - :func:`diagram`: eff. gradient norm and test error vs train loss (Fig. 1 right, 3, 5, ...);
 - :func:`scatter`: final metrics vs ELR with regime borders;
 - :func:`groups`: per-group ELR, eff. gradient norm and ESS (Fig. 4, 20, 21);
+- :func:`filters`: per-filter ELR vs eff. gradient norm over final epochs (Fig. 4, 21);
 - :func:`lc`: linear connectivity from interpolate files (Fig. 19, 22);
-- :func:`randomwalk`: SGD vs random walk (Fig. 24);
+- :func:`randomwalk`: SGD vs random walk, step cosines (Fig. 24);
 - :func:`toy_figures`: the toy's Fig. 2 and 8 (module :mod:`plotting.toy`);
   :func:`write_toy_figures` writes them as PNGs into a toy run's directory.
 
@@ -20,6 +21,7 @@ returns a :class:`matplotlib.figure.Figure` on an Agg canvas:
 from plotting.common import save_figure
 from plotting.connectivity import lc
 from plotting.figures import diagram, overview, randomwalk
+from plotting.filters import filters
 from plotting.final import groups, load_regimes, scatter
 from plotting.run import KINDS, run_plot, toy_figures
 from plotting.style import ElrPalette
@@ -29,6 +31,7 @@ __all__ = [
     "KINDS",
     "ElrPalette",
     "diagram",
+    "filters",
     "groups",
     "lc",
     "load_regimes",

@@ -19,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from plotting.style import LINESTYLES, ElrPalette, fmt_elr
+from three_regimes_jax.analysis.stats import start_offset
 from three_regimes_jax.config import Config
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import Results, atomic_write, load_results
@@ -130,6 +131,15 @@ class Run:
     def epoch(self) -> np.ndarray:
         """``[T]`` epochs."""
         return np.asarray(self.metrics["epoch"], np.float64).ravel()
+
+    @functools.cached_property
+    def start(self) -> int:
+        """1 if the first per-epoch entry is the start of training (no step yet), else 0.
+
+        Results written since issue 10 begin at epoch 0 (a fine-tune: at its
+        source epoch), see :func:`three_regimes_jax.analysis.stats.start_offset`.
+        """
+        return start_offset(self.metrics)
 
     @functools.cached_property
     def info(self) -> RunInfo:

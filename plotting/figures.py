@@ -9,6 +9,14 @@ line style per run, log axes for losses, gradient norms, ELRs and ESS, and
 linear epochs unless ``epoch_scale="log"`` (the paper's long runs read well
 either way; linear keeps fine-tunes, which start at a later epoch, in place).
 The figures of the final state (``scatter``, ``groups``) are in :mod:`plotting.final`.
+
+Epoch 0: results written since issue 10 start every curve at the
+initialization (a fine-tune's at its source epoch), measured before any step.
+On a linear epoch axis it is drawn at 0; a log epoch axis cannot show 0, so
+there the epoch-0 point is left out (a fine-tune's start, at a positive epoch,
+stays).  Step metrics are NaN at the start and simply begin at epoch 1.  The
+diagrams' star marks the start entry when there is one, else the first
+recorded epoch (older results).
 """
 
 from __future__ import annotations
@@ -56,6 +64,12 @@ def _epoch_axis(ax: Any, scale: str) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def epochs_on(run: Any, scale: str) -> np.ndarray:
+    """The run's epochs as x values: on a log axis, epoch 0 (and below) becomes NaN (left out)."""
+    x = run.epoch
+    return np.where(x > 0, x, np.nan) if scale == "log" else x
+
+
 def _draw(ax: Any, c: Curve, x: np.ndarray, y: np.ndarray, palette: ElrPalette, **kw: Any) -> None:
     ax.plot(x, y, color=palette(c.elr), ls=c.linestyle, lw=kw.pop("lw", 1.3), **kw)
 
@@ -99,7 +113,8 @@ def overview(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear") 
     for ax, (name, label, scale) in zip(axes, _OVERVIEW, strict=True):
         for c in cs:
             y = c.run.array(name)[c.index]
-            _draw(ax, c, c.run.epoch, positive(y) if scale == "log" else y, palette)
+            x = epochs_on(c.run, epoch_scale)
+            _draw(ax, c, x, positive(y) if scale == "log" else y, palette)
         ax.set_yscale(scale)
         _epoch_axis(ax, epoch_scale)
         ax.set_ylabel(label)
@@ -117,9 +132,11 @@ def diagram(runs: RunLike | Sequence[RunLike]) -> Figure:
     """Phase diagrams: eff. grad norm vs train loss and test error vs train loss.
 
     Paper Fig. 1 right (and Fig. 3, 5, 11-18, 23): one trajectory per member,
-    coloured by ELR, its first recorded epoch marked by a star; log-log in the
-    first panel, log train loss and linear test error in the second.  Several
-    runs are overlaid with one line style each.
+    coloured by ELR, its start marked by a star: the initialization (the
+    epoch-0 entry; a fine-tune's source epoch) when the results have it, else
+    the first recorded epoch (older results); log-log in the first panel, log
+    train loss and linear test error in the second.  Several runs are overlaid
+    with one line style each.
 
     Args:
       runs: one or several results directories (paths or loaded results).
@@ -143,14 +160,19 @@ def diagram(runs: RunLike | Sequence[RunLike]) -> Figure:
             if not ok.any():
                 continue
             _draw(ax, c, x[ok], y[ok], palette, marker=".", ms=3)
-            i0 = int(np.argmax(ok))
+            i0 = int(np.argmax(ok))  # the start entry (epoch 0) if finite, else the first point
             ax.plot(x[i0], y[i0], marker="*", ms=13, color=palette(c.elr), mec="k", mew=0.7, ls="")
         ax.set_xscale("log")
         ax.set_yscale(scale)
         ax.set_xlabel("train loss")
         ax.set_ylabel(label)
         ax.grid(True, which="major", alpha=0.3)
-    start = ("start (first epoch)", {"marker": "*", "ms": 11, "ls": "", "mfc": "w"})
+    starts = {bool(r.start) for r in rs}
+    what = {
+        frozenset({True}): "start (initialization, epoch 0)",
+        frozenset({False}): "start (first epoch)",
+    }.get(frozenset(starts), "start (initialization, else first epoch)")
+    start = (what, {"marker": "*", "ms": 11, "ls": "", "mfc": "w"})
     _legends(fig, palette, cs, extra=[start])
     suptitle(fig, "Training trajectories", rs)
     guard_log_axes(fig)
@@ -161,17 +183,21 @@ def diagram(runs: RunLike | Sequence[RunLike]) -> Figure:
 
 
 def randomwalk(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear") -> Figure:
-    """Training vs its random-walk baseline: train loss and adjacent-epoch cosine (Fig. 24).
+    """Training vs its random-walk baseline: train loss and adjacent-iteration cosine (Fig. 24).
 
-    Runs with ``config["random_walk"]`` are drawn dashed, the others solid;
-    colours are ELRs.  Runs without ``adjacent_cos`` are left out of that panel.
+    Paper Fig. 24 (App. M): the cosine between the weights on adjacent
+    *iterations*, ``step_cos`` (its mean over each epoch's steps), near 0 for
+    the random walk and the third regime, large in the second; not the
+    cosine between adjacent epochs (``adjacent_cos``).  Runs with
+    ``config["random_walk"]`` are drawn dashed, the others solid; colours are
+    ELRs.  Runs without ``step_cos`` are left out of that panel.
 
     Args:
       runs: results directories, at least one a random-walk run.
       epoch_scale: ``"linear"`` (default) or ``"log"`` epoch axis.
 
     Returns:
-      A figure with two panels: train loss (log) and ``adjacent_cos`` (linear).
+      A figure with two panels: train loss (log) and ``step_cos`` (linear).
 
     Raises:
       UserError: none of the runs is a random-walk run.
@@ -186,7 +212,7 @@ def randomwalk(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear"
     fig = new_figure(12.5, 4.4)
     axes = fig.subplots(1, 2)
     panels = (("train_loss", "train loss", "log"),)
-    panels += (("adjacent_cos", "cosine between adjacent epochs", "linear"),)
+    panels += (("step_cos", "cosine between weights of adjacent iterations", "linear"),)
     # Solid-like styles for training runs, dashed-like ones for random walks.
     sgd_styles = ("-", ":", "-.")
     rw_styles = ("--", (0, (5, 1, 1, 1)), (0, (1, 3)))
@@ -207,7 +233,7 @@ def randomwalk(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear"
             vals = r.array(name)
             for g in range(r.elr.size):
                 y = positive(vals[g]) if scale == "log" else vals[g]
-                ax.plot(r.epoch, y, color=palette(r.elr[g]), ls=ls, lw=1.3)
+                ax.plot(epochs_on(r, epoch_scale), y, color=palette(r.elr[g]), ls=ls, lw=1.3)
                 drawn = True
         if not drawn:
             ax.text(
@@ -234,4 +260,4 @@ def randomwalk(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear"
     return fig
 
 
-__all__ = ["diagram", "overview", "randomwalk"]
+__all__ = ["diagram", "epochs_on", "overview", "randomwalk"]

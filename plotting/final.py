@@ -32,12 +32,15 @@ from plotting.common import (
     select_members,
     suptitle,
 )
+from plotting.filters import equilibrium_ess
 from plotting.style import (
     MARKERS,
     ElrPalette,
     elr_legend,
     fmt_elr,
+    group_colors,
     guard_log_axes,
+    min_span,
     new_figure,
     positive,
     style_legend,
@@ -138,7 +141,8 @@ def scatter(
 
     Args:
       runs: one or several results directories; several get one marker each.
-      last: average each metric over the last ``last`` epochs (1: final value).
+      last: average each metric over the last ``last`` trained epochs (1: final
+        value; the epoch-0 entry of newer results never counts).
       regimes: a classification to use for every run instead of reading one.
 
     Returns:
@@ -167,7 +171,7 @@ def scatter(
         for ax, (name, _, scale) in zip(axes, _SCATTER, strict=True):
             if not run.has(name):
                 continue
-            vals = run.array(name)[:, -last:]
+            vals = run.array(name)[:, run.start :][:, -last:]  # trained epochs only
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 y = np.nanmean(vals, axis=1) if vals.shape[1] else np.full(run.elr.size, np.nan)
@@ -259,8 +263,9 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
     Top left: each group's ELR ``elr_i`` against its effective gradient norm
     ``g_i`` (means over the last ``last`` epochs), one colour per member's ELR,
     one marker per group, with the equilibrium curve ``elr_i = ESS* / g_i``
-    (dashed).  In equilibrium all groups share one ESS ``elr_i * g_i = ESS*``;
-    since ``sum_i 1/elr_i = 1/elr`` (eq. 3), that ESS is ``ESS* = elr * sum_i g_i``.
+    (dashed).  In equilibrium all groups share one ESS ``elr_i * g_i = ESS*``,
+    the ESS of the whole SI vector along the trajectory (see
+    :func:`plotting.filters.equilibrium_ess`).
     Top right: per-group ESS with the ``ESS*`` line.  Below: each member's
     per-group ELR over epochs (log scale) and the total ELR (dashed).
 
@@ -291,7 +296,7 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
     n = g_elr.shape[2]
     names = [str(s) for s in r.metrics.get("group_names", [f"group {i}" for i in range(n)])]
     palette = ElrPalette(r.elr[sel])
-    g_cols = _group_colors(n)
+    g_cols = group_colors(n)
 
     ncols = min(len(sel), 4)
     nrows = -(-len(sel) // ncols)
@@ -304,7 +309,7 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
         gn, el, es = mean_gn[k], mean_elr[k], mean_ess[k]
         if not (np.isfinite(gn).all() and np.isfinite(el).all()):
             continue
-        ess_star = float(r.elr[g] * np.sum(gn))
+        ess_star = equilibrium_ess(r, g, last, gn)
         for i in range(n):
             mk = _GROUP_MARKERS[i % len(_GROUP_MARKERS)]
             ax_eq.plot(gn[i], el[i], marker=mk, color=col, mec="k", mew=0.5, ms=8, ls="")
@@ -332,13 +337,13 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
     )
     ax_ess.set_xlim(-0.6, n - 0.4)
     ax_ess.set_ylabel("effective step size (ESS) of the group")
-    ax_ess.set_title("Per-group ESS; dashed: ESS* = elr · Σ g_i", fontsize=10)
+    ax_ess.set_title("Per-group ESS; dashed: ESS* (ESS of all SI parameters)", fontsize=10)
     for ax in (ax_eq, ax_ess):
         ax.grid(True, which="major", alpha=0.3)
     # At least a decade on the log axes, so a 0.1% spread does not look like a big one.
-    _min_span(ax_eq, "x")
-    _min_span(ax_eq, "y")
-    _min_span(ax_ess, "y")
+    min_span(ax_eq, "x")
+    min_span(ax_eq, "y")
+    min_span(ax_ess, "y")
     elr_legend(
         top,
         palette,
@@ -376,23 +381,6 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
     suptitle(fig, "Per-group ELRs and effective step sizes", [r])
     guard_log_axes(fig)
     return fig
-
-
-def _min_span(ax: Any, axis: str, factor: float = 10.0) -> None:
-    """Widens a log axis (geometrically about its centre) to span at least ``factor``."""
-    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
-    if not (lo > 0 and hi > 0) or hi / lo >= factor:
-        return
-    mid, half = math.sqrt(lo * hi), math.sqrt(factor)
-    (ax.set_xlim if axis == "x" else ax.set_ylim)(mid / half, mid * half)
-
-
-def _group_colors(n: int) -> list[Any]:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.95, n)]
 
 
 __all__ = ["REGIME_COLORS", "REGIME_NAMES", "groups", "load_regimes", "regime_borders", "scatter"]

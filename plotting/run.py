@@ -11,6 +11,8 @@ diagram       results dirs (all overlaid)                 ``diagram``
 scatter       results dirs (all overlaid)                 ``scatter``
 groups        results dirs with per-group statistics      ``groups`` (one run) or
                                                           ``groups_<dir>`` (one per run)
+filters       results dirs with per-filter statistics     ``filters`` (one run) or
+              (``--filter-groups``)                       ``filters_<dir>`` (one per run)
 lc            interpolate ``.npz`` files                  ``lc``
 randomwalk    a results dir with ``random_walk`` true     ``randomwalk``
 toy           toy dirs (``DIR/toy.npz``)                  ``toy_loss``, ``toy_group_elr``
@@ -18,8 +20,9 @@ toy           toy dirs (``DIR/toy.npz``)                  ``toy_loss``, ``toy_gr
 ============  ==========================================  ================================
 
 ``--kind all`` (the default) renders every kind that applies to the inputs.
-``--member`` (an ELR, ``ELR:SEED``) limits ``groups`` to that member; with
-several runs, runs without it are skipped (an error only if none has it).
+``--member`` (an ELR, ``ELR:SEED``) limits ``groups`` and ``filters`` to that
+member; with several runs, runs without it are skipped (an error only if none
+has it).
 Every input is checked, and every figure rendered in memory, before anything is
 written; each file is then written atomically.  Bad input raises
 :class:`~three_regimes_jax.errors.UserError` with one line, and nothing is written.
@@ -40,11 +43,12 @@ from plotting import figures, final
 from plotting import toy as toy_plots
 from plotting.common import FORMATS, MemberSpec, Run, as_runs, render, select_members
 from plotting.connectivity import is_interpolate_file, lc
+from plotting.filters import filters, has_filters
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import atomic_write, check_writable
 
 #: Figure kinds, in the order ``all`` renders them.
-KINDS = ("overview", "diagram", "scatter", "groups", "lc", "randomwalk", "toy")
+KINDS = ("overview", "diagram", "scatter", "groups", "filters", "lc", "randomwalk", "toy")
 
 _TOY_KEYS = ("loss", "group_elr", "elr")
 
@@ -120,6 +124,10 @@ def _why_not(kind: str, inp: Inputs) -> str | None:
         if not any(_has_groups(r) for r in inp.runs):
             return "--kind groups needs per-group statistics (group_elr), which no input has"
         return None
+    if kind == "filters":
+        if not any(has_filters(r) for r in inp.runs):
+            return "--kind filters needs per-filter statistics (a run made with --filter-groups)"
+        return None
     if kind == "lc":
         return None if inp.lc_files else "--kind lc needs a `three-regimes interpolate` .npz file"
     if kind == "randomwalk":
@@ -171,15 +179,16 @@ def build_figures(
     for kind in kinds:
         if kind in simple:
             out.append((kind, simple[kind](inp.runs)))
-        elif kind == "groups":
-            rs = [r for r in inp.runs if _has_groups(r)]
+        elif kind in ("groups", "filters"):
+            has, draw = (_has_groups, final.groups) if kind == "groups" else (has_filters, filters)
+            rs = [r for r in inp.runs if has(r)]
             if member is not None:  # several runs: those holding the member; none: an error
                 hits = [r for r in rs if _holds(r, member)]
                 if not hits:
                     select_members(rs[0], member)  # raises the UserError listing the members
                 rs = hits
             for r, sfx in zip(rs, _suffixes([r.label for r in rs]), strict=True):
-                out.append((f"groups{sfx}", final.groups(r, member=member)))
+                out.append((f"{kind}{sfx}", draw(r, member=member)))
         elif kind == "lc":
             out.append(("lc", lc(inp.lc_files)))
         elif kind == "randomwalk":
@@ -224,8 +233,9 @@ def run_plot(
       kind: one of :data:`KINDS`, or ``"all"`` for every kind that applies.
       out: output directory; default ``figures/`` inside the first input's
         directory (for a file: beside it).
-      member: for ``groups``: an ELR, ``"ELR:SEED"`` or ``(elr, seed)``
-        (default: every member gets a panel).  Ignored by other kinds.
+      member: for ``groups`` and ``filters``: an ELR, ``"ELR:SEED"`` or
+        ``(elr, seed)`` (default: every member gets a panel).  Ignored by
+        other kinds.
 
     Returns:
       The paths written (``<name>.png`` and ``<name>.pdf`` per figure).

@@ -65,6 +65,27 @@ def guard_log_axes(fig: FigureBase) -> None:
             )
 
 
+def min_span(ax: Any, axis: str, factor: float = 10.0) -> None:
+    """Widens a log axis (geometrically about its centre) to span at least ``factor``.
+
+    So a 0.1% spread does not look like a big one.
+    """
+    lo, hi = ax.get_xlim() if axis == "x" else ax.get_ylim()
+    if not (lo > 0 and hi > 0) or hi / lo >= factor:
+        return
+    mid, half = math.sqrt(lo * hi), math.sqrt(factor)
+    (ax.set_xlim if axis == "x" else ax.set_ylim)(mid / half, mid * half)
+
+
+def group_colors(n: int) -> list[Any]:
+    """``n`` distinct colours for parameter groups (``tab10``, else ``viridis``)."""
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    return [colormaps["viridis"](x) for x in np.linspace(0.0, 0.95, n)]
+
+
 def positive(x: np.ndarray) -> np.ndarray:
     """``x`` with non-positive and non-finite entries replaced by NaN (for log axes)."""
     x = np.asarray(x, np.float64)
@@ -169,7 +190,9 @@ __all__ = [
     "ElrPalette",
     "elr_legend",
     "fmt_elr",
+    "group_colors",
     "guard_log_axes",
+    "min_span",
     "new_figure",
     "positive",
     "style_legend",

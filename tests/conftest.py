@@ -81,7 +81,7 @@ def tiny_mlp():
 @pytest.fixture(scope="session")
 def trainers(tiny_mlp):
     """Compiled GridTrainers for the tiny MLP, one per strategy (batch 64)."""
-    from three_regimes_jax.engine.train import GridTrainer
+    from three_regimes_jax.engine.trainer import GridTrainer
 
     model, mask = tiny_mlp
     return {s: GridTrainer(model, mask, batch_size=64, strategy=s) for s in ("vmap", "map")}

@@ -31,10 +31,10 @@ def test_sweep_writes_documented_results(sweep_dir, capsys):
     ]
     res = load_results(sweep_dir)
     m = res.metrics
-    g, t = 6, 2
+    g, t = 6, 3
     assert m["elr"].tolist() == [1e-3, 1e-3, 1e-1, 1e-1, 1e38, 1e38]
     assert m["seed"].tolist() == [0, 1, 0, 1, 0, 1]
-    assert m["epoch"].tolist() == [1, 2]
+    assert m["epoch"].tolist() == [0, 1, 2]  # epoch 0: the initialization
     for k in ("train_loss", "train_acc", "test_loss", "test_acc", "eff_grad_norm", "si_norm"):
         assert m[k].shape == (g, t), k
     for k in ("group_elr", "group_eff_grad_norm", "group_ess"):
@@ -42,7 +42,12 @@ def test_sweep_writes_documented_results(sweep_dir, capsys):
     assert m["group_names"].tolist() == ["SIDense_0/kernel", "SIDense_1/kernel"]
     # the ELR-1e38 members overflow: recorded, NaN from epoch 1, the others finite
     assert m["diverged"].tolist() == [False, False, False, False, True, True]
-    assert np.isnan(m["train_loss"][4:]).all() and np.isfinite(m["train_loss"][:4]).all()
+    assert np.isnan(m["train_loss"][4:, 1:]).all() and np.isfinite(m["train_loss"][:4]).all()
+    assert m["diverged_epoch"].tolist() == [-1, -1, -1, -1, 1, 1]
+    assert np.isfinite(m["train_loss"][:, 0]).all()  # the init is measured, for every member
+    # no step at the init: the step metrics are NaN there and finite after
+    for k in ("batch_loss", "eff_grad_norm_traj", "step_cos", "adjacent_cos"):
+        assert np.isnan(m[k][:, 0]).all() and np.isfinite(m[k][:4, 1:]).all(), k
     assert res.config["train"]["elrs"] == [1e-3, 1e-1, 1e38] and res.config["kind"] == "sweep"
     rows = res.summary["members"]
     assert len(rows) == g and rows[0]["train_loss"] == pytest.approx(float(m["train_loss"][0, -1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -49,7 +50,7 @@ def test_finetune_grid_layout_and_epochs(finetuned):
     assert m["source_elr"].tolist() == pytest.approx([3e-3] * 4)
     assert m["elr"].tolist() == pytest.approx([1e-3, 3e-3, 1e-3, 3e-3])
     assert m["seed"].tolist() == [0, 0, 1, 1]
-    assert m["source_epoch"].tolist() == [2] * 4 and m["epoch"].tolist() == [3, 4]
+    assert m["source_epoch"].tolist() == [2] * 4 and m["epoch"].tolist() == [2, 3, 4]
     assert available_epochs(out) == [2, 4]
     meta = read_meta(out, 4)
     assert (
@@ -160,8 +161,8 @@ def test_barrier_of_convex_and_nonconvex_curves():
     assert barrier(bump, alphas)[0] == pytest.approx(1.0)
 
 
-def test_different_seeds_cannot_be_interpolated(source, tmp_path):
-    a = load_endpoint(f"{source}:4@1e-3")  # two members: seed 0 and 1
+def test_only_members_with_the_same_head_are_interpolated(source, tmp_path):
+    a = load_endpoint(f"{source}:4@1e-3")  # two members: seed 0 and 1, one shared head
     from three_regimes_jax.engine.grid import member, stack
     from three_regimes_jax.engine.loop import DeviceData
     from three_regimes_jax.studies.connectivity import linear_path
@@ -170,5 +171,12 @@ def test_different_seeds_cannot_be_interpolated(source, tmp_path):
     ds = load_data(SRC)
     trainer = make_trainer(SRC, ds.num_classes, ds.image_shape)
     s0, s1 = stack([member(a.state, 0)]), stack([member(a.state, 1)])
+    data = DeviceData.from_dataset(ds)
+    np.testing.assert_array_equal(
+        jax.tree.leaves(s0.frozen)[0], jax.tree.leaves(s1.frozen)[0]
+    )  # seeds share seed 0's head by default (official code's same_last_layer)
+    res = linear_path(trainer, s0, s1, np.array([0.0, 1.0]), data)
+    assert np.isfinite(res["train_loss"]).all()
+    other_head = s1.replace(frozen=jax.tree.map(lambda f: 2 * f, s1.frozen))  # --per-seed-head
     with pytest.raises(UserError, match="same seed"):
-        linear_path(trainer, s0, s1, np.array([0.0, 1.0]), DeviceData.from_dataset(ds))
+        linear_path(trainer, s0, other_head, np.array([0.0, 1.0]), data)

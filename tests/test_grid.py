@@ -42,7 +42,7 @@ def standalone(trainers, tiny):
 def test_steps_per_epoch_keep_last_partial_batch(grid_runs, tiny_mlp, tiny):
     state, _ = grid_runs["vmap"]
     assert np.all(np.asarray(state.step) == 3 * 4)  # ceil(200 / 64) = 4 steps an epoch
-    from three_regimes_jax.engine.train import GridTrainer
+    from three_regimes_jax.engine.trainer import GridTrainer
 
     dropped = GridTrainer(*tiny_mlp, batch_size=64, strategy="vmap", drop_last=True)
     s, _ = _run(dropped, tiny, [1e-2], [0], epochs=1)

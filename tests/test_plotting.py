@@ -134,6 +134,7 @@ def inputs(tmp_path_factory):
     rw = base / "rw"
     m = _metrics((1e-1, 1.0), (0,), T, rng_seed=1)
     m["adjacent_cos"] = np.full_like(m["adjacent_cos"], 0.2)
+    m["step_cos"] = np.full_like(m["step_cos"], 0.05)
     write_results(rw, _config((1e-1, 1.0), (0,), T, random_walk=True), m, _summary(m))
 
     ft = base / "finetune"
@@ -294,10 +295,11 @@ def test_groups_equilibrium_panels_and_member_choice(inputs):
     assert len(visible) == len(ELRS) * len(SEEDS)
     assert all(ax.get_yscale() == "log" for ax in visible)
     assert "ELR" in _legend_titles(fig) and "group" in _legend_titles(fig)
-    # The equilibrium curve elr_i = ESS*/g_i with ESS* = elr * sum_i g_i (member 0).
+    # The equilibrium curve elr_i = ESS*/g_i, ESS* = the ESS of all SI parameters along
+    # the trajectory: elr * its effective gradient norm (in these older results the
+    # trajectory mean is eff_grad_norm), over the window (member 0).
     r = load_results(inputs["sweep"])
-    gn = r.metrics["group_eff_grad_norm"][0, -3:].astype(np.float64).mean(0)
-    ess_star = r.metrics["elr"][0] * gn.sum()
+    ess_star = r.metrics["elr"][0] * r.metrics["eff_grad_norm"][0, -3:].astype(np.float64).mean()
     curve = [ln for ln in ax_eq.get_lines() if ln.get_linestyle() == "--"][0]
     np.testing.assert_allclose(curve.get_xdata() * curve.get_ydata(), ess_star, rtol=1e-6)
 
@@ -333,6 +335,10 @@ def test_randomwalk_overlays_sgd_and_random_walk(inputs):
     ax_loss, ax_cos = fig.axes
     assert ax_loss.get_yscale() == "log" and ax_cos.get_yscale() == "linear"
     assert {ln.get_linestyle() for ln in ax_cos.get_lines()} == {"-", "--"}
+    # Fig. 24 shows the cosine between adjacent iterations (step_cos), not adjacent epochs.
+    rw_y = [ln.get_ydata() for ln in ax_cos.get_lines() if ln.get_linestyle() == "--"]
+    np.testing.assert_allclose(np.concatenate(rw_y), 0.05)
+    assert "iterations" in ax_cos.get_ylabel()
     assert "ELR" in _legend_titles(fig)
     assert "rw (random walk)" in _legend_texts(fig, "run")
     with pytest.raises(UserError, match="random-walk"):
@@ -389,7 +395,8 @@ def test_save_figure_writes_png_and_pdf_atomically(tmp_path):
 _SCRIPT = """
 import json, sys
 import plotting
-paths = plotting.run_plot(json.loads(sys.argv[1]), kind="all", out=sys.argv[2], member="1")
+kind = sys.argv[3] if len(sys.argv) > 3 else "all"
+paths = plotting.run_plot(json.loads(sys.argv[1]), kind=kind, out=sys.argv[2], member="1")
 bad = sorted(m for m in sys.modules if m == "jax" or m.startswith(("jax.", "flax", "optax"))
              or m == "matplotlib.pyplot"
              or m.startswith(("three_regimes_jax.engine", "three_regimes_jax.studies")))
@@ -397,6 +404,18 @@ print(json.dumps({"paths": [str(p) for p in paths], "bad": bad}))
 """
 
 
+def test_plotting_and_analysis_load_no_jax(inputs, tmp_path):
+    """The cheap twin of the slow test below: one figure kind and a classification."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    script = _SCRIPT.replace("print(", "plotting.load_regimes(json.loads(sys.argv[1])[0]); print(")
+    argv = [sys.executable, "-c", script, json.dumps([str(inputs["sweep"])]), str(tmp_path)]
+    proc = subprocess.run([*argv, "overview"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["bad"] == [] and len(res["paths"]) == 2
+
+
+@pytest.mark.slow
 def test_run_plot_all_renders_every_kind_without_jax(inputs, tmp_path):
     ins = [str(inputs[k]) for k in ("sweep", "rw", "finetune", "lc", "toy")]
     out = tmp_path / "figs"
@@ -496,3 +515,135 @@ def test_all_diverged_run_still_draws(tmp_path):
         fig = fn(tmp_path / "nan")
         fig.draw_without_rendering()  # log axes with no data get fixed limits instead of failing
         assert any(t.get_text() == "no finite data" for ax in fig.axes for t in ax.texts)
+
+
+# --------------------------------------------------------------------------- results with epoch 0
+
+FILTERS = (4, 6, 2)  # filters per group
+
+
+def _new_format(m):
+    """``m`` as written since issue 10: an epoch-0 entry (NaN step metrics), the
+    trajectory mean ``eff_grad_norm_traj`` and per-filter statistics whose
+    ``1/elr_f`` sum to their group's ``1/elr_i`` (eq. 3)."""
+    g = m["elr"].size
+    out = dict(m)
+    for k, v in m.items():
+        if np.ndim(v) >= 2 and k != "group_names":
+            first = np.array(v[:, :1], np.float64)
+            if k in ("step_cos", "group_elr", "group_eff_grad_norm", "group_ess", "adjacent_cos"):
+                first[:] = np.nan
+            else:
+                first = first * 1.5  # a finite start, away from epoch 1
+            out[k] = np.concatenate([first, v], axis=1)
+    out["epoch"] = np.concatenate([[0], m["epoch"]])
+    out["eff_grad_norm_traj"] = out["eff_grad_norm"] * 1.1
+    rng = np.random.default_rng(3)
+    elr_f, gn_f = [], []
+    for i, nf in enumerate(FILTERS):
+        share = rng.uniform(0.5, 2.0, (g, 1, nf))
+        inv = 1.0 / m["group_elr"][..., i : i + 1] * share / share.sum(-1, keepdims=True)
+        elr_f.append(1.0 / inv)
+        gn_f.append(m["group_eff_grad_norm"][..., i : i + 1] / np.sqrt(nf) * share)
+    nan0 = np.full((g, 1, sum(FILTERS)), np.nan)
+    out["filter_elr"] = np.concatenate([nan0, np.concatenate(elr_f, -1)], 1)
+    out["filter_eff_grad_norm"] = np.concatenate([nan0, np.concatenate(gn_f, -1)], 1)
+    out["filter_ess"] = out["filter_elr"] * out["filter_eff_grad_norm"]
+    return out
+
+
+@pytest.fixture(scope="session")
+def new_inputs(tmp_path_factory):
+    """A sweep and a random-walk run in the results format with epoch 0 and filters."""
+    base = tmp_path_factory.mktemp("plot_new")
+    m = _new_format(_metrics(ELRS, SEEDS, T))
+    write_results(base / "sweep", _config(ELRS, SEEDS, T), m, _summary(m))
+    rw = _new_format(_metrics((1e-1, 1.0), (0,), T, rng_seed=1))
+    rw["step_cos"][:, 1:] = 0.05
+    write_results(base / "rw", _config((1e-1, 1.0), (0,), T, random_walk=True), rw, _summary(rw))
+    return {"sweep": base / "sweep", "rw": base / "rw"}
+
+
+def test_epoch_0_on_linear_and_log_axes_and_the_start_star(new_inputs):
+    r = load_results(new_inputs["sweep"])
+    fig = plotting.overview(new_inputs["sweep"])
+    line = fig.axes[0].get_lines()[0]
+    assert line.get_xdata()[0] == 0 and line.get_ydata()[0] == r.metrics["train_loss"][0, 0]
+    # A log epoch axis cannot show 0: that point is left out (NaN x), epoch 1 on is drawn.
+    fig = plotting.overview(new_inputs["sweep"], epoch_scale="log")
+    x = np.asarray(fig.axes[0].get_lines()[0].get_xdata(), float)
+    assert np.isnan(x[0]) and np.array_equal(x[1:], np.arange(1, T + 1))
+    fig.draw_without_rendering()
+    # The diagram's star is the initialization (epoch 0), and the legend says so.
+    fig = plotting.diagram(new_inputs["sweep"])
+    star = [ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "*"][0]
+    assert (star.get_xdata()[0], star.get_ydata()[0]) == pytest.approx(
+        (r.metrics["train_loss"][0, 0], r.metrics["eff_grad_norm"][0, 0])
+    )
+    assert "start (initialization, epoch 0)" in _legend_texts(fig, "run")
+    # The random-walk figure: step_cos, NaN at epoch 0.
+    fig = plotting.randomwalk([new_inputs["sweep"], new_inputs["rw"]], epoch_scale="log")
+    rw_lines = [ln for ln in fig.axes[1].get_lines() if ln.get_linestyle() == "--"]
+    assert np.isnan(rw_lines[0].get_ydata()[0]) and rw_lines[0].get_ydata()[-1] == 0.05
+    # Scatter averages trained epochs only; the classifier leaves the start out.
+    res = load_results(new_inputs["sweep"])
+    fig = plotting.scatter(res, last=T + 5)
+    ys = fig.axes[0].collections[0].get_offsets()[:, 1]
+    want = np.nanmean(res.metrics["train_loss"][:, 1:], axis=1)
+    np.testing.assert_allclose(sorted(ys), sorted(want[np.isfinite(want)]), rtol=1e-5)
+    reg = plotting.load_regimes(new_inputs["sweep"])
+    assert reg["criteria"]["start_entry"] is True
+
+
+def test_filters_figure_equilibrium_layers_and_window(new_inputs, inputs):
+    from plotting.filters import filter_layers, filter_window
+
+    assert filter_window(1000) == 200 and filter_window(300) == 150 and filter_window(1) == 1
+    assert filter_window(12, last=50) == 12
+    with pytest.raises(UserError, match="last"):
+        filter_window(10, last=0)
+    r = load_results(new_inputs["sweep"])
+    # The layers come back from eq. 3 when there is no filter_group array.
+    layers = filter_layers(r.metrics)
+    assert layers.tolist() == [i for i, nf in enumerate(FILTERS) for _ in range(nf)]
+    assert filter_layers({**r.metrics, "filter_group": np.zeros(12, int)}).tolist() == [0] * 12
+
+    fig = plotting.filters(new_inputs["sweep"])
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == len(ELRS) * len(SEEDS)
+    assert all((ax.get_xscale(), ax.get_yscale()) == ("log", "log") for ax in visible)
+    assert "last 6 epochs" in fig.get_suptitle()  # half of 12 trained epochs (< 200)
+    assert _legend_texts(fig, "layer")[1:] == ["SIDense_0", "SIDense_1", "SIDense_2"]
+    # The equilibrium curve elr_f = ESS*/g_f, ESS* = elr * eff_grad_norm_traj over the window.
+    traj = r.metrics["eff_grad_norm_traj"][0, -6:].astype(np.float64).mean()
+    curve = [ln for ln in visible[0].get_lines() if ln.get_linestyle() == "--"][0]
+    np.testing.assert_allclose(
+        curve.get_xdata() * curve.get_ydata(), r.metrics["elr"][0] * traj, rtol=1e-5
+    )
+    # Without a trajectory mean: ESS* = elr * sum_f g_f (eq. 3).
+    bare = Results(
+        config=r.config,
+        metrics={k: v for k, v in r.metrics.items() if k != "eff_grad_norm_traj"},
+        summary={},
+    )
+    curve = plotting.filters(bare, member="0.001:0").axes[0].get_lines()[0]
+    gn = np.nanmean(r.metrics["filter_eff_grad_norm"][0, -6:].astype(np.float64), axis=0)
+    np.testing.assert_allclose(
+        curve.get_xdata() * curve.get_ydata(), r.metrics["elr"][0] * gn.sum(), rtol=1e-5
+    )
+    fig = plotting.filters(new_inputs["sweep"], member="0.01:1", last=3)
+    assert len([ax for ax in fig.axes if ax.get_visible()]) == 1
+    assert "last 3 epochs" in fig.get_suptitle()
+    with pytest.raises(UserError, match="per-filter"):
+        plotting.filters(inputs["sweep"])
+
+
+def test_run_plot_filters_kind(new_inputs, inputs, tmp_path):
+    paths = plotting.run_plot([new_inputs["sweep"]], kind="filters", out=tmp_path / "f")
+    assert [p.name for p in paths] == ["filters.png", "filters.pdf"]
+    with pytest.raises(UserError, match="--kind filters needs per-filter"):
+        plotting.run_plot([inputs["sweep"]], kind="filters", out=tmp_path / "g")
+    from plotting.run import build_figures, sort_inputs
+
+    inp = sort_inputs([new_inputs["sweep"], inputs["sweep"]])
+    assert [n for n, _ in build_figures(inp, ["filters"], member="1e-3")] == ["filters"]

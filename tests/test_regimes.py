@@ -98,8 +98,14 @@ def test_synthetic_curves():
     assert "chance" in report["members"][4]["reason"]
     assert report["transitions"] == {"1-2": [1e-3, 1e-2], "2-3": [1e-2, 1e-1]}
     assert math.isclose(report["midpoints"]["1-2"], math.sqrt(1e-5))
-    # Without accuracies the loss-level test still finds regime 3.
+    # Without accuracies the loss level alone never decides regime 3 (issue 10: with
+    # the frozen norm-10 head ln C is no random-guess level); a random-walk-like
+    # step cosine does, with the loss as support.
     no_acc = {k: v for k, v in m.items() if k != "train_acc"}
+    rep = classify(no_acc, num_classes=10)["members"]
+    assert [r["regime"] for r in rep] == [1, 1, 1, 2, 2, 3]
+    assert rep[4]["confidence"] <= 0.5
+    no_acc["step_cos"] = np.stack([np.full(T, v) for v in (1.0, 1.0, 1.0, 0.97, 0.01, 1.0)])
     assert [r["regime"] for r in classify(no_acc, num_classes=10)["members"]] == labels
 
 
@@ -111,8 +117,8 @@ def test_confidence_is_margin_based():
     near["train_loss"][0] = 0.9 / EPOCH  # median over the window ~0.03
     close = classify(near, num_classes=10)["members"][0]
     assert close["regime"] == 1 and close["confidence"] < base[0]["confidence"]
-    # Regime 3 by accuracy just under the threshold (chance 0.1 + margin 0.1).
-    near["train_acc"][4] = np.full(T, 0.19)
+    # Regime 3 by accuracy just under the threshold (chance 0.1 + margin 0.2).
+    near["train_acc"][4] = np.full(T, 0.29)
     near["train_loss"][4] = np.full(T, 1.0)
     weak = classify(near, num_classes=10)["members"][4]
     assert weak["regime"] == 3 and weak["confidence"] < 0.2 < base[4]["confidence"]
@@ -124,12 +130,22 @@ def test_confidence_is_margin_based():
 def test_random_walk_reference_and_no_chance_info():
     m = _curves()
     m["adjacent_cos"] = np.stack([np.full(T, v) for v in (1.0, 1.0, 1.0, 0.8, 0.02, 0.9)])
-    # The plateau member's weights decorrelate like the random walk's: regime 3.
     rw = {"elr": m["elr"], "seed": m["seed"], "adjacent_cos": np.full((6, T), 0.75)}
     report = classify(m, num_classes=10, random_walk=rw)
-    assert report["members"][3]["regime"] == 3
-    assert "random walk" in report["members"][3]["reason"]
+    # The chance member decorrelates like the random walk: regime 3, both tests named.
+    assert report["members"][4]["regime"] == 3
+    assert "random walk" in report["members"][4]["reason"]
+    assert "chance" in report["members"][4]["reason"]
+    # The plateau member's weights decorrelate like the random walk's too, but its
+    # accuracy (0.9) is far above chance: a cosine alone never makes regime 3 (this
+    # member was labelled 3 before issue 10).
+    assert report["members"][3]["regime"] == 2
+    assert "not a random walk" in report["members"][3]["reason"]
     assert report["criteria"]["random_walk_reference"] is True
+    # A chance-level member whose weights stay correlated (cosine far above the
+    # random walk's) is not a random walk either.
+    m["adjacent_cos"][4] = 0.98
+    assert classify(m, num_classes=10, random_walk=rw)["members"][4]["regime"] == 2
     # Without num_classes/chance_loss no chance test runs; "not 3" gets 0.5 at most.
     bare = classify({"train_loss": m["train_loss"][:4], "elr": m["elr"][:4]})
     assert [r["regime"] for r in bare["members"]] == [1, 1, 1, 2]
@@ -149,6 +165,131 @@ def test_undertrained_run_is_not_a_random_walk():
     assert a["regime"] == 1 and "still converging" in a["reason"]
     assert "not a random walk" in a["reason"] and a["confidence"] <= 0.25
     assert b["regime"] == 3
+
+
+# --------------------------------------------------------------------------- regime 3 (issue 10)
+
+
+def _convnet_like(seed: int = 0) -> dict[str, np.ndarray]:
+    """ConvNet-on-CIFAR-10-like window levels: a frozen norm-10 head puts the random-guess
+    loss near 10, far above ln 10; high regime-2 ELRs sit at losses of 1-2.5.
+
+    Members (loss, train acc, step cosine): regime 2 at (2, 0.45, 0.97) and at
+    (2.5, 0.45, 0.97); regime 2 with an accuracy near chance but correlated steps
+    (2.5, 0.25, 0.95); the random-walk-like state (10, 0.1, 0.01); a regime-3 run
+    near the border (5, 0.15, 0.1).
+    """
+    rng = np.random.default_rng(seed)
+    levels = [(2.0, 0.45, 0.97), (2.5, 0.45, 0.97), (2.5, 0.25, 0.95), (10, 0.1, 0.01)]
+    levels.append((5.0, 0.15, 0.1))
+
+    def noisy(level, rel, lo, hi):
+        return np.clip(level * (1.0 + rel * rng.standard_normal(T)), lo, hi)
+
+    return {
+        "elr": np.array([0.03, 0.05, 0.1, 1.0, 0.3]),
+        "epoch": EPOCH,
+        "train_loss": np.stack([noisy(x, 0.1, 0, None) for x, _, _ in levels]),
+        "train_acc": np.stack([noisy(a, 0.1, 0, 1) for _, a, _ in levels]),
+        "step_cos": np.stack([noisy(c, 0.01 if c > 0.5 else 0.5, -1, 1) for _, _, c in levels]),
+    }
+
+
+def test_regime_3_needs_chance_accuracy_not_a_high_loss():
+    m = _convnet_like()
+    rep = classify(m, num_classes=10)["members"]
+    assert [r["regime"] for r in rep] == [2, 2, 2, 3, 3], [r["reason"] for r in rep]
+    assert all(r["confidence"] > 0.5 for r in rep)
+    # Loss 2.5 >= 0.9 ln 10 (the rule before issue 10 said 3), accuracy far above chance.
+    assert "not a random walk" in rep[1]["reason"] and "above chance" in rep[1]["reason"]
+    # Accuracy near chance, yet correlated steps: the cosine keeps it out of regime 3.
+    assert "step cosine 0.9" in rep[2]["reason"] and "not a random walk" in rep[2]["reason"]
+    assert "step cosine" in rep[3]["reason"] and "~ chance" in rep[3]["reason"]
+    assert rep[3]["confidence"] > 0.7
+    # With a random-walk reference run (App. M) the step cosine must also be near its.
+    rw = {"elr": m["elr"], "step_cos": np.full((5, T), 0.02)}
+    rep = classify(m, num_classes=10, random_walk=rw)["members"]
+    assert [r["regime"] for r in rep] == [2, 2, 2, 3, 3]
+    assert "random walk 0.02" in rep[3]["reason"]
+    # The border run's steps (cosine 0.1) are less decorrelated than the reference's + 0.02.
+    tight = classify(m, num_classes=10, random_walk=rw, criteria=Criteria(cos_margin=0.02))
+    assert [r["regime"] for r in tight["members"]] == [2, 2, 2, 3, 2]
+    # A random walk at a loss below the random-guess level is still regime 3, less sure.
+    low = dict(m, train_loss=m["train_loss"].copy())
+    low["train_loss"][3] = 1.5
+    r3 = classify(low, num_classes=10)["members"][3]
+    base = classify(m, num_classes=10)["members"][3]
+    assert r3["regime"] == 3 and r3["confidence"] < base["confidence"]
+    assert "yet mean train loss" in r3["reason"]
+
+
+def _with_start(m: dict, first_epoch: int = 0) -> dict:
+    """``m`` as written since issue 10: a start entry, NaN in the step arrays."""
+    out = dict(m)
+    for k in ("train_loss", "train_acc", "step_cos", "adjacent_cos"):
+        if k in m:
+            first = np.full((m[k].shape[0], 1), np.nan)
+            if k == "train_loss":
+                first[:] = 2.9  # finite at the start
+            elif k == "train_acc":
+                first[:] = 0.1
+            out[k] = np.concatenate([first, m[k]], axis=1)
+    t = next(np.shape(v)[1] for v in m.values() if np.ndim(v) == 2)
+    out["epoch"] = np.arange(first_epoch, first_epoch + t + 1)
+    return out
+
+
+def test_start_entry_is_left_out():
+    m = _curves()
+    m["step_cos"] = np.stack([np.full(T, v) for v in (1.0, 1.0, 1.0, 0.97, 0.01, 1.0)])
+    m["adjacent_cos"] = np.full((6, T), 0.5)
+    want = classify(m, num_classes=10)
+    for first in (0, 100):  # a sweep, a fine-tune from epoch 100 (found by its NaN steps)
+        new = _with_start(m, first)
+        if first:
+            new["epoch"] = new["epoch"].copy()
+        got = classify(new, num_classes=10)
+        assert got["criteria"]["start_entry"] is True
+        assert [r["regime"] for r in got["members"]] == [r["regime"] for r in want["members"]]
+        if first == 0:  # same trained epochs, so the same statistics
+            assert got["members"] == want["members"]
+    assert want["criteria"]["start_entry"] is False
+    # A zero loss at the start does not reach a log: the trend skips epoch 0.
+    z = _with_start(m)
+    z["train_loss"][:, 0] = 0.0
+    assert [r["regime"] for r in classify(z, num_classes=10)["members"]] == [1, 1, 1, 2, 3, 3]
+    # The random-walk reference's start entry is left out too.
+    rw = _with_start({"elr": m["elr"], "step_cos": np.full((6, T), 0.02)})
+    rw["eff_grad_norm_traj"] = rw["step_cos"]  # the new format: always a start entry
+    del rw["epoch"]
+    rep = classify(m, num_classes=10, random_walk=rw)["members"]
+    assert "random walk 0.02" in rep[4]["reason"]
+    # Only the start, no trained epoch: a clear error.
+    with pytest.raises(UserError, match="only the start"):
+        classify(
+            {
+                k: v[:, :1] if k != "elr" else v
+                for k, v in _with_start(m).items()
+                if k in ("elr", "train_loss", "step_cos")
+            }
+        )
+
+
+def test_start_offset_of_old_and_new_results():
+    from three_regimes_jax.analysis.stats import start_offset
+
+    loss = np.ones((2, 3))
+    assert start_offset({"train_loss": loss, "epoch": np.arange(1, 4)}) == 0
+    assert start_offset({"train_loss": loss, "epoch": np.arange(0, 3)}) == 1
+    steps = np.ones((2, 3))
+    steps[:, 0] = np.nan
+    assert start_offset({"train_loss": loss, "epoch": np.arange(5, 8), "step_cos": steps}) == 1
+    # A member that diverged in its first epoch has NaN steps and loss: not a start entry.
+    nan_loss = loss.copy()
+    nan_loss[:, 0] = np.nan
+    assert start_offset({"train_loss": nan_loss, "step_cos": steps}) == 0
+    assert start_offset({"train_loss": loss, "eff_grad_norm_traj": loss}) == 1
+    assert start_offset({"train_loss": loss, "step_cos": np.ones((2, 3))}) == 0
 
 
 def test_trend_slope():

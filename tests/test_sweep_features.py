@@ -63,14 +63,18 @@ def test_checkpoints_and_sharpness_recorded(full_run):
     out, res = full_run
     assert available_epochs(out) == [0, 2, 4, 5]
     m = res.metrics
-    assert m["sharpness_epoch"].tolist() == [2, 4, 5]
+    assert m["sharpness_epoch"].tolist() == [0, 2, 4, 5]  # the init, every 2nd, the last
     for k in ("grad_cov_trace", "fim_trace", "hessian_trace", "hessian_top_eig", "fim_top_eig"):
-        assert m[k].shape == (3, 3) and np.isfinite(m[k]).all(), k
+        assert m[k].shape == (3, 4) and np.isfinite(m[k]).all(), k
     assert (m["fim_top_eig"] > 0).all() and (m["grad_cov_trace"] > 0).all()
+    # the traces also per SI parameter: kernels 64x32 and 32x16 of the 8x8-input MLP
+    n_si = 64 * 32 + 32 * 16
+    for k in ("grad_cov_trace", "fim_trace", "hessian_trace"):
+        np.testing.assert_allclose(m[f"{k}_per_param"] * n_si, m[k], rtol=1e-6)
     for k in ("adjacent_cos", "step_cos", "group_ess_spread"):
-        assert m[k].shape == (3, 5), k
+        assert m[k].shape == (3, 6) and np.isnan(m[k][:, 0]).all(), k
     # small steps at low ELR: consecutive weights nearly parallel; high ELR decorrelates
-    assert (m["adjacent_cos"][0] > 0.99).all() and m["adjacent_cos"][2, -1] < 0.9
+    assert (m["adjacent_cos"][0, 1:] > 0.99).all() and m["adjacent_cos"][2, -1] < 0.9
     assert res.summary["members"][0]["hessian_top_eig"] == pytest.approx(
         float(m["hessian_top_eig"][0, -1])
     )

@@ -19,7 +19,7 @@ _EXPORTS = {
     "load_dataset": "engine.data",
     "UserError": "errors",
     "GridState": "engine.grid",
-    "GridTrainer": "engine.train",
+    "GridTrainer": "engine.trainer",
     "member": "engine.grid",
     "stack": "engine.grid",
     "MODELS": "engine.models",

@@ -355,10 +355,12 @@ def _add_plot(sub) -> None:
     p.add_argument(
         "--kind",
         default="all",
-        help="overview, diagram, scatter, groups, lc, randomwalk, toy or all (default)",
+        help="overview, diagram, scatter, groups, filters, lc, randomwalk, toy or all (default)",
     )
     p.add_argument("--out", help="figure directory (default: DIR/figures of the first input)")
-    p.add_argument("--member", help="member for --kind groups: ELR or ELR:SEED, e.g. 1e-3:0")
+    p.add_argument(
+        "--member", help="member for --kind groups or filters: ELR or ELR:SEED, e.g. 1e-3:0"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_plot)
 

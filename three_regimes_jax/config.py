@@ -24,7 +24,8 @@ A new option is one field here (and, if the engine must act on it, the code
 that reads it): its flag, default, validation, JSON form and its place in
 experiment configs follow.
 
-This module imports nothing from the rest of the package but ``errors``, so
+This module (with ``sections`` and ``options``) imports nothing else from the package but
+``errors``, so
 every layer, plotting included, may read configs.
 """
 
@@ -35,188 +36,27 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.options import Section, check_elrs, option
+from three_regimes_jax.options import check_elrs, option
 
 #: Version of the ``config.json`` layout written by :meth:`Config.to_dict`
 #: (1: the flat layout of the first releases; 2: this tree).
 CONFIG_VERSION = 2
 
-# Names the engine registers; tests check that the registries match.
-MODEL_NAMES = ("mlp_si", "convnet_si")
-DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100")
-STRATEGIES = ("auto", "vmap", "map")
-DATA_KEYS = ("continue", "new")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig(Section):
-    """The architecture.
-
-    Attributes:
-      name: ``mlp_si`` (paper App. O) or ``convnet_si`` (App. C).
-      width: ConvNetSI width ``k``.
-      depth: ConvNetSI depth.
-      hidden: MLP-SI hidden widths.
-      init_scale: norm of the frozen last layer's weight (paper: 10).
-      train_last_layer: train the last layer (a non-SI parameter) instead of
-        freezing it.
-    """
-
-    name: str = option("mlp_si", "--model", "the architecture", "str", choices=MODEL_NAMES)
-    width: int = option(32, "--width", "ConvNetSI width k", "int", low=1)
-    depth: int = option(3, "--depth", "ConvNetSI depth", "int", low=1)
-    hidden: tuple[int, ...] = option(
-        (300, 100), "--hidden", "MLP-SI hidden widths", "ints", low=1, nonempty=True
-    )
-    init_scale: float = option(
-        10.0, "--init-scale", "norm of the frozen last layer", "float", low=1e-30
-    )
-    train_last_layer: bool = option(
-        False, "--train-last-layer", "train the last layer instead of freezing it", "bool"
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig(Section):
-    """The dataset.
-
-    Attributes:
-      dataset: ``digits`` (embedded), ``mnist``, ``cifar10`` or ``cifar100``.
-      data_dir: folder with the original files (else ``THREE_REGIMES_DATA_DIR``, then TFDS).
-      use_data_size: train on the first N training examples only.
-      label_noise: fraction of training labels replaced by uniformly random ones.
-      noise_seed: seed of the label noise.
-    """
-
-    dataset: str = option("digits", "--dataset", "the dataset", "str", choices=DATASET_NAMES)
-    data_dir: str | None = option(
-        None, "--data-dir", "folder with the original files (or THREE_REGIMES_DATA_DIR)", "opt_str"
-    )
-    use_data_size: int | None = option(
-        None, "--use-data-size", "train on the first N examples only", "opt_int", low=1
-    )
-    label_noise: float = option(
-        0.0, "--label-noise", "fraction of noisy training labels", "float", low=0.0, high=1.0
-    )
-    noise_seed: int = option(0, "--noise-seed", "seed of the label noise", "int", low=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig(Section):
-    """The grid and how it trains.
-
-    The grid is ``elrs x seeds``, ELR-major: member ``i * len(seeds) + j`` has
-    ELR ``elrs[i]`` and seed ``seeds[j]``.  A seed fixes a member's init and
-    batch order; with one seed every member shares both, as in the paper.
-
-    Attributes:
-      elrs: effective learning rates, each > 0.
-      seeds: seeds.
-      epochs: epochs to train (a fine-tune: epochs after its source epoch).
-      batch_size: mini-batch size (paper: 128).
-      drop_last: drop each epoch's last partial batch (default keeps it, as PyTorch).
-      random_walk: the random-walk baseline (App. M): random tangent directions
-        of the real gradient's length replace the gradients.
-    """
-
-    elrs: tuple[float, ...] = option(
-        (1e-3, 1e-2, 1e-1, 1.0),
-        "--elrs",
-        "comma-separated ELRs, e.g. 1e-4,1e-3,1e-2",
-        "floats",
-        positive=True,
-        unique=True,
-        nonempty=True,
-    )
-    seeds: tuple[int, ...] = option(
-        (0,), "--seeds", "comma-separated seeds", "ints", unique=True, nonempty=True
-    )
-    epochs: int = option(10, "--epochs", "epochs to train", "int", low=1)
-    batch_size: int = option(128, "--batch-size", "mini-batch size", "int", low=1)
-    drop_last: bool = option(False, "--drop-last", "drop the last partial batch", "bool")
-    random_walk: bool = option(
-        False,
-        "--random-walk",
-        "random-walk baseline (App. M): random tangent steps of the gradient's length",
-        "bool",
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class MeasureConfig(Section):
-    """Measurements beyond the per-epoch losses (App. B).
-
-    Attributes:
-      sharpness_every: measure sharpness every K epochs and at the last one (0: off).
-      sharpness_size: the fixed training subset (the first examples).
-      sharpness_probes: Hutchinson probes of the FIM and Hessian traces.
-      sharpness_iters: Lanczos steps of the top eigenvalues.
-    """
-
-    sharpness_every: int = option(0, "--sharpness-every", "every K epochs (0: off)", "int", low=0)
-    sharpness_size: int = option(2048, "--sharpness-size", "training subset size", "int", low=1)
-    sharpness_probes: int = option(8, "--sharpness-probes", "Hutchinson probes", "int", low=1)
-    sharpness_iters: int = option(20, "--sharpness-iters", "Lanczos iterations", "int", low=1)
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig(Section):
-    """When to save Orbax checkpoints of the whole grid.
-
-    With any checkpointing on, the first and the last epoch are always saved.
-
-    Attributes:
-      epochs: these epochs (0 = the initial state).
-      every: also every N epochs (0: off).
-      log: also the paper's log-spaced schedule (every epoch below 20, every
-        5th below 100, every 10th below 200, every 50th below 1000, ...).
-    """
-
-    epochs: tuple[int, ...] = option(
-        (), "--checkpoint-epochs", "comma-separated epochs, e.g. 0,1,5", "ints", low=0
-    )
-    every: int = option(0, "--checkpoint-every", "every N epochs", "int", low=0)
-    log: bool = option(False, "--checkpoint-log", "the paper's log-spaced schedule", "bool")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any checkpoint is requested."""
-        return bool(self.epochs or self.every or self.log)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig(Section):
-    """How the grid executes (never changes the numbers beyond float rounding).
-
-    Attributes:
-      strategy: ``auto``, ``vmap`` or ``map`` (``engine.grid.choose_strategy``).
-    """
-
-    strategy: str = option("auto", "--strategy", "how members run", "str", choices=STRATEGIES)
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig(Section):
-    """Where a fine-tune starts: a checkpoint of a source run.
-
-    Attributes:
-      source: results directory of the source run (with checkpoints).
-      epoch: the source checkpoint to start from (0: the initialisation).
-      members: source ELRs to fine-tune (empty: every source member).
-      data_key: batch order, ``continue`` (the source's) or ``new``.
-    """
-
-    source: str = option(
-        "", "--from", "the source run's results directory", "str", nonempty=True, flat="source"
-    )
-    epoch: int = option(0, "--epoch", "source checkpoint epoch (default: the latest)", "int", low=0)
-    members: tuple[float, ...] = option(
-        (), "--members", "source ELRs to fine-tune (default: all)", "floats", positive=True
-    )
-    data_key: str = option(
-        "continue", "--data-key", "batch order: continue or new", "str", choices=DATA_KEYS
-    )
-
+from three_regimes_jax.sections import (  # noqa: E402 (re-exported: the tree's parts)
+    DATA_KEYS,
+    DATASET_NAMES,
+    GRIDS,
+    MODEL_NAMES,
+    PRECISIONS,
+    STRATEGIES,
+    CheckpointConfig,
+    DataConfig,
+    FinetuneConfig,
+    MeasureConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+)
 
 #: Flat names a fine-tune sets besides ``source`` and ``epoch``; every other field
 #: is the source run's (its model, data, batch size, seeds, sharpness settings).
@@ -279,7 +119,14 @@ class Config:
             if not isinstance(value, cls):
                 raise UserError(f"config.{name} must be a {cls.__name__}, got {value!r}")
         m, t = self.measure, self.train
-        if m.sharpness_every and m.sharpness_size < t.batch_size:
+        if t.grid == "zip" and len(t.elrs) != len(t.seeds):
+            raise UserError(
+                f"--grid zip pairs ELR i with seed i: give as many seeds as ELRs "
+                f"(got {len(t.elrs)} ELRs, {len(t.seeds)} seeds)"
+            )
+        if t.random_walk_from is not None and not t.random_walk:
+            raise UserError("--random-walk-from needs --random-walk")
+        if m.sharpness_every and 0 < m.sharpness_size < t.batch_size:
             raise UserError(
                 f"--sharpness-size ({m.sharpness_size}) must be >= --batch-size "
                 f"({t.batch_size}): sharpness is measured on mini-batches of the training size"
@@ -311,12 +158,16 @@ class Config:
 
     @property
     def member_elrs(self) -> list[float]:
-        """ELR of each member of a sweep (length G, ELR-major)."""
+        """ELR of each member of a sweep (length G; ELR-major for the product grid)."""
+        if self.train.grid == "zip":
+            return list(self.train.elrs)
         return [e for e in self.train.elrs for _ in self.train.seeds]
 
     @property
     def member_seeds(self) -> list[int]:
         """Seed of each member of a sweep (length G)."""
+        if self.train.grid == "zip":
+            return list(self.train.seeds)
         return [s for _ in self.train.elrs for s in self.train.seeds]
 
     # ------------------------------------------------------------------ building
@@ -428,6 +279,8 @@ __all__ = [
     "CONFIG_VERSION",
     "DATASET_NAMES",
     "DATA_KEYS",
+    "GRIDS",
+    "PRECISIONS",
     "FINETUNE_OVERRIDES",
     "MODEL_NAMES",
     "SECTIONS",

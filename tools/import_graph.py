@@ -24,6 +24,7 @@ LAYERS = {
     "three_regimes_jax.errors": "base",
     "three_regimes_jax.config": "base",
     "three_regimes_jax.options": "base",
+    "three_regimes_jax.sections": "base",
     "three_regimes_jax.engine": "engine",
     "three_regimes_jax.storage": "storage",
     "three_regimes_jax.analysis": "analysis",

@@ -20,6 +20,40 @@ from three_regimes_jax.errors import UserError
 #: Losses are clipped here before taking logs (the toy reaches exactly 0).
 LOG_FLOOR = 1e-30
 
+#: Per-epoch means over training steps: NaN at the start entry, where no step was taken.
+STEP_KEYS = ("batch_loss", "batch_acc", "step_cos", "eff_grad_norm_traj")
+
+
+def start_offset(metrics: Mapping[str, Any]) -> int:
+    """1 if the first per-epoch entry is the start of training (no step taken yet), else 0.
+
+    The start entry exists in results written since issue 10: ``epoch`` begins
+    at 0 (a sweep), or the step metrics are NaN for every member at the first
+    entry while the train loss is finite there (a fine-tune, whose first entry
+    is its source epoch).  Results with ``eff_grad_norm_traj`` always have it.
+    Older results start at the first trained epoch: 0.
+
+    Args:
+      metrics: ``metrics.npz``-like arrays (``train_loss`` [G, T] or [T]).
+    """
+    epoch = np.asarray(metrics.get("epoch", []), np.float64).reshape(-1)
+    if (epoch.size and epoch[0] == 0) or "eff_grad_norm_traj" in metrics:
+        return 1
+    if "train_loss" not in metrics:
+        return 0
+    loss = np.asarray(metrics["train_loss"], np.float64)
+    loss = loss[None] if loss.ndim == 1 else loss
+    if loss.ndim != 2 or loss.shape[1] == 0:
+        return 0
+    for key in STEP_KEYS:
+        if key not in metrics:
+            continue
+        a = np.asarray(metrics[key], np.float64)
+        a = a[None] if a.ndim == 1 else a
+        if a.shape == loss.shape:
+            return int(bool(np.all(np.isnan(a[:, 0])) and np.any(np.isfinite(loss[:, 0]))))
+    return 0
+
 
 def trend_slope(epoch: Any, loss: Any, quantile: float = 0.25) -> float:
     """Slope of the lower envelope of ``log10(loss)`` against ``log10(epoch)``.
@@ -92,6 +126,8 @@ class WindowStats:
       mean_acc: mean train accuracy over the window.
       mean_cos: mean ``adjacent_cos`` over the window.
       rw_cos: the random-walk reference's mean ``adjacent_cos`` at this ELR.
+      mean_step_cos: mean ``step_cos`` over the window.
+      rw_step_cos: the random-walk reference's mean ``step_cos`` at this ELR.
     """
 
     window: int
@@ -103,6 +139,8 @@ class WindowStats:
     mean_acc: float = float("nan")
     mean_cos: float = float("nan")
     rw_cos: float = float("nan")
+    mean_step_cos: float = float("nan")
+    rw_step_cos: float = float("nan")
 
 
 def as_2d(a: Any, name: str) -> np.ndarray:
@@ -128,6 +166,10 @@ class Curves:
       cos: ``[G, T]`` adjacent-epoch cosines, or None.
       diverged: ``[G]`` divergence flags (default False).
       diverged_epoch: ``[G]`` first non-finite epochs (-1: none).
+      step_cos: ``[G, T]`` epoch means of the cosine between the weights of
+        adjacent iterations, or None.
+      start: whether the metrics had a start entry (dropped here: ``T``
+        counts trained epochs only).
     """
 
     loss: np.ndarray
@@ -138,13 +180,29 @@ class Curves:
     cos: np.ndarray | None
     diverged: np.ndarray
     diverged_epoch: np.ndarray
+    step_cos: np.ndarray | None = None
+    start: bool = False
+
+
+def _optional(metrics: Mapping[str, Any], name: str, g: int, t: int, off: int):
+    """``metrics[name]`` as ``[G, T]`` without the start entry, or None if absent."""
+    if name not in metrics:
+        return None
+    a = as_2d(metrics[name], name)
+    if a.shape != (g, t + off):
+        raise UserError(f"metrics[{name!r}] has shape {a.shape}, train_loss {(g, t + off)}")
+    return a[:, off:]
 
 
 def read_curves(metrics: Mapping[str, Any]) -> Curves:
     """The :class:`Curves` of ``metrics.npz``-like arrays (``train_loss`` and ``elr`` required).
 
+    The start entry (:func:`start_offset`) is dropped: the curves hold the
+    trained epochs only.
+
     Raises:
-      UserError: a required array is missing, or the shapes disagree.
+      UserError: a required array is missing, the shapes disagree, or no
+        epoch was trained.
     """
     if "train_loss" not in metrics:
         raise UserError("metrics have no 'train_loss'; classify needs per-epoch train losses")
@@ -152,38 +210,72 @@ def read_curves(metrics: Mapping[str, Any]) -> Curves:
     g, t = loss.shape
     if t == 0:
         raise UserError("metrics have no epochs (train_loss has shape [G, 0])")
+    off = start_offset(metrics)
+    if t - off == 0:
+        raise UserError("metrics hold only the start of training (no trained epoch)")
     if "elr" not in metrics:
         raise UserError("metrics have no 'elr'; classify needs each member's ELR")
     elr = np.asarray(metrics["elr"], np.float64).reshape(-1)
     seed = np.asarray(metrics.get("seed", np.zeros(g)), np.int64).reshape(-1)
-    epoch = np.asarray(metrics.get("epoch", np.arange(1, t + 1)), np.float64).reshape(-1)
+    epoch = metrics.get("epoch", np.arange(1 - off, t + 1 - off))  # default: 1..T, or 0..T-1
+    epoch = np.asarray(epoch, np.float64).reshape(-1)
     if elr.size != g or seed.size != g or epoch.size != t:
         raise UserError(
             f"metrics disagree in shape: train_loss {loss.shape}, elr {elr.shape}, "
             f"seed {seed.shape}, epoch {epoch.shape}"
         )
+    epoch, t = epoch[off:], t - off
     if np.any(epoch <= 0):
         epoch = epoch - epoch.min() + 1.0  # logs need positive times
-    acc = as_2d(metrics["train_acc"], "train_acc") if "train_acc" in metrics else None
-    cos = as_2d(metrics["adjacent_cos"], "adjacent_cos") if "adjacent_cos" in metrics else None
     diverged = np.asarray(metrics.get("diverged", np.zeros(g, bool)), bool).reshape(-1)
     div_epoch = np.asarray(metrics.get("diverged_epoch", np.full(g, -1)), np.int64).reshape(-1)
-    return Curves(loss, elr, seed, epoch, acc, cos, diverged, div_epoch)
+    return Curves(
+        loss=loss[:, off:],
+        elr=elr,
+        seed=seed,
+        epoch=epoch,
+        acc=_optional(metrics, "train_acc", g, t, off),
+        cos=_optional(metrics, "adjacent_cos", g, t, off),
+        diverged=diverged,
+        diverged_epoch=div_epoch,
+        step_cos=_optional(metrics, "step_cos", g, t, off),
+        start=bool(off),
+    )
+
+
+def _nanmean(a: np.ndarray | None) -> float:
+    """Mean of the finite entries (NaN if none or ``a`` is None)."""
+    if a is None:
+        return float("nan")
+    a = a[np.isfinite(a)]
+    return float(np.mean(a)) if a.size else float("nan")
 
 
 def member_stats(
-    loss: np.ndarray,
-    epoch: np.ndarray,
+    cv: Curves,
+    i: int,
     n: int,
-    acc: np.ndarray | None,
-    cos: np.ndarray | None,
-    rw_cos: float,
+    rw: Mapping[str, float],
     quantile: float,
 ) -> WindowStats:
-    """Statistics of one member's last ``n`` epochs (``loss`` finite there)."""
+    """Statistics of member ``i`` over its last ``n`` trained epochs (loss finite there).
+
+    Args:
+      cv: the curves (trained epochs only).
+      i: member index.
+      n: window length.
+      rw: the random-walk reference of this member: ``{"adjacent_cos": ...,
+        "step_cos": ...}`` (missing or NaN: no reference).
+      quantile: the quantile of :func:`trend`.
+    """
+    loss = cv.loss[i]
     w = slice(loss.size - n, loss.size)
     lw = loss[w]
-    slope, noise = trend(epoch[w], lw, quantile)
+    slope, noise = trend(cv.epoch[w], lw, quantile)
+
+    def window(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[i, w]
+
     return WindowStats(
         window=n,
         median_loss=float(np.median(lw)),
@@ -191,62 +283,85 @@ def member_stats(
         slope=slope,
         slope_noise=noise,
         falling_frac=float(np.mean(np.diff(lw) < 0)) if n >= 2 else 0.0,
-        mean_acc=float(np.mean(acc[w])) if acc is not None else float("nan"),
-        mean_cos=float(np.nanmean(cos[w]))
-        if cos is not None and np.any(np.isfinite(cos[w]))
-        else float("nan"),
-        rw_cos=rw_cos,
+        mean_acc=_nanmean(window(cv.acc)),
+        mean_cos=_nanmean(window(cv.cos)),
+        rw_cos=float(rw.get("adjacent_cos", float("nan"))),
+        mean_step_cos=_nanmean(window(cv.step_cos)),
+        rw_step_cos=float(rw.get("step_cos", float("nan"))),
     )
+
+
+#: The cosines a random-walk reference run provides.
+RW_KEYS = ("adjacent_cos", "step_cos")
+
+#: A random-walk reference: (elr, seed or None) -> {cosine name: window mean}.
+RwReference = dict[tuple[float, int | None], dict[str, float]]
 
 
 def rw_reference(
     random_walk: Mapping[str, Any] | None, window: Callable[[int], int]
-) -> dict[tuple[float, int | None], float]:
-    """Window-mean ``adjacent_cos`` of a random-walk run, keyed by (elr, seed) and (elr, None).
+) -> RwReference:
+    """Window means of a random-walk run's cosines, keyed by (elr, seed) and (elr, None).
+
+    The start entry (:func:`start_offset`) is left out; the window is the
+    last ``window(T)`` of its ``T`` trained epochs.
 
     Args:
       random_walk: the random-walk run's metrics (None: no reference).
       window: number of last epochs to average for a run of ``T`` epochs
         (:meth:`~three_regimes_jax.analysis.regimes.Criteria.window`).
+
+    Returns:
+      ``{(elr, seed): {"adjacent_cos": mean, "step_cos": mean}, (elr, None):
+      {...}}`` with the cosines the run has (seeds averaged under ``None``).
+
+    Raises:
+      UserError: the run has no ``elr`` or neither cosine.
     """
     if random_walk is None:
         return {}
-    if "adjacent_cos" not in random_walk or "elr" not in random_walk:
-        raise UserError("the random-walk reference needs 'elr' and 'adjacent_cos' arrays")
-    cos = as_2d(random_walk["adjacent_cos"], "adjacent_cos")
+    keys = [k for k in RW_KEYS if k in random_walk]
+    if not keys or "elr" not in random_walk:
+        raise UserError(
+            "the random-walk reference needs 'elr' and 'adjacent_cos' or 'step_cos' arrays"
+        )
+    off = start_offset(random_walk)
     elr = np.asarray(random_walk["elr"], np.float64).reshape(-1)
     seed = np.asarray(random_walk.get("seed", np.zeros(elr.size)), np.int64).reshape(-1)
-    n = window(cos.shape[1])
-    ref: dict[tuple[float, int | None], list[float]] = {}
-    for i in range(elr.size):
-        row = cos[i, -n:]
-        if np.any(np.isfinite(row)):
-            v = float(np.nanmean(row))
-            ref.setdefault((float(elr[i]), int(seed[i])), []).append(v)
-            ref.setdefault((float(elr[i]), None), []).append(v)
-    return {k: float(np.mean(v)) for k, v in ref.items()}
+    acc: dict[tuple[float, int | None], dict[str, list[float]]] = {}
+    for key in keys:
+        cos = as_2d(random_walk[key], key)[:, off:]
+        n = window(max(cos.shape[1], 1))
+        for i in range(elr.size):
+            v = _nanmean(cos[i, -n:])
+            if np.isfinite(v):
+                for k in ((float(elr[i]), int(seed[i])), (float(elr[i]), None)):
+                    acc.setdefault(k, {}).setdefault(key, []).append(v)
+    return {k: {n: float(np.mean(v)) for n, v in d.items()} for k, d in acc.items()}
 
 
-def lookup_rw(ref: dict[tuple[float, int | None], float], elr: float, seed: int) -> float:
-    """The reference value of (``elr``, ``seed``), else of ``elr`` over all seeds, else NaN."""
-    for (e, s), v in ref.items():
-        if s == seed and math.isclose(e, elr, rel_tol=1e-6):
-            return v
-    for (e, s), v in ref.items():
-        if s is None and math.isclose(e, elr, rel_tol=1e-6):
-            return v
-    return float("nan")
+def lookup_rw(ref: RwReference, elr: float, seed: int) -> dict[str, float]:
+    """The reference of (``elr``, ``seed``), else of ``elr`` over all seeds, else ``{}``."""
+    for want in (seed, None):
+        for (e, s), v in ref.items():
+            if s == want and math.isclose(e, elr, rel_tol=1e-6):
+                return v
+    return {}
 
 
 __all__ = [
     "LOG_FLOOR",
+    "RW_KEYS",
+    "STEP_KEYS",
     "Curves",
+    "RwReference",
     "WindowStats",
     "as_2d",
     "lookup_rw",
     "member_stats",
     "read_curves",
     "rw_reference",
+    "start_offset",
     "trend",
     "trend_slope",
 ]

@@ -94,7 +94,9 @@ def equilibration_summary(
     return out
 
 
-def tangent_gaussian(key: jax.Array, params: PyTree, grads: PyTree, si_mask: PyTree) -> PyTree:
+def tangent_gaussian(
+    key: jax.Array, params: PyTree, grads: PyTree, si_mask: PyTree, norm: jax.Array | None = None
+) -> PyTree:
     """A random SI direction shaped like a real SI gradient (App. M random-walk baseline).
 
     A standard Gaussian on every SI leaf, projected onto each group's tangent
@@ -109,6 +111,8 @@ def tangent_gaussian(key: jax.Array, params: PyTree, grads: PyTree, si_mask: PyT
       params: parameters ``theta``.
       grads: the real gradients (only their SI joint norm is used).
       si_mask: boolean pytree of SI leaves (static).
+      norm: the joint SI norm to rescale to instead of ``||grads_SI||`` (NaN:
+        that of ``grads``), e.g. a regular run's gradient norm (App. M).
 
     Returns:
       A pytree shaped like ``params``.
@@ -116,6 +120,8 @@ def tangent_gaussian(key: jax.Array, params: PyTree, grads: PyTree, si_mask: PyT
     leaves, treedef = jax.tree.flatten(params)
     mask = [bool(m) for m in jax.tree.leaves(si_mask)]
     g_norm = jnp.linalg.norm(_si_flat(grads, si_mask))
+    if norm is not None:
+        g_norm = jnp.where(jnp.isnan(norm), g_norm, norm)
     keys = jax.random.split(key, len(leaves))
     out = []
     for p, m, k in zip(leaves, mask, keys, strict=True):

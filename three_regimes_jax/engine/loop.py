@@ -18,7 +18,8 @@ from three_regimes_jax.engine.data import Dataset
 from three_regimes_jax.engine.diagnostics import ess_spread
 from three_regimes_jax.engine.grid import GridState, finite_members
 from three_regimes_jax.engine.metrics import SHARPNESS_KEYS
-from three_regimes_jax.engine.train import GridTrainer
+from three_regimes_jax.engine.sphere import n_filters
+from three_regimes_jax.engine.trainer import GridTrainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,20 +39,18 @@ class SharpnessSettings:
     iters: int = 20
 
 
+# Measured at fixed parameters after each epoch (and at the start): finite at the start.
 EPOCH_METRICS = ("train_loss", "train_acc", "test_loss", "test_acc", "eff_grad_norm", "si_norm")
+# Means over an epoch's steps: NaN at the start, where no step was taken.
+STEP_METRICS = ("batch_loss", "batch_acc", "eff_grad_norm_traj", "step_cos")
+GROUP_METRICS = ("group_elr", "group_eff_grad_norm", "group_ess")
+FILTER_METRICS = ("filter_elr", "filter_eff_grad_norm", "filter_ess")
+# Sharpness measures that are traces (totals over the SI parameters).
+TRACE_KEYS = ("grad_cov_trace", "hessian_trace", "fim_trace")
 # Key of the sharpness probes (folded with the epoch; shared by all members).
 SHARPNESS_SEED = 2022
-# Every per-epoch array of metrics.npz with a [G, T, ...] shape.
-SERIES = (
-    *EPOCH_METRICS,
-    "batch_loss",
-    "batch_acc",
-    "step_cos",
-    "adjacent_cos",
-    "group_elr",
-    "group_eff_grad_norm",
-    "group_ess",
-)
+# Every per-epoch array of metrics.npz with a [G, T, ...] shape (filter ones if recorded).
+SERIES = (*EPOCH_METRICS, *STEP_METRICS, "adjacent_cos", *GROUP_METRICS)
 
 
 @dataclasses.dataclass
@@ -73,9 +72,10 @@ class History:
     diverged_epoch: np.ndarray
 
     @classmethod
-    def empty(cls, g: int) -> History:
-        """No epoch recorded yet, for ``g`` members."""
-        return cls([], {k: [] for k in SERIES}, [], {k: [] for k in SHARPNESS_KEYS}, np.full(g, -1))
+    def empty(cls, g: int, filter_groups: bool = False) -> History:
+        """No epoch recorded yet, for ``g`` members (with per-filter series if asked)."""
+        keys = (*SERIES, *FILTER_METRICS) if filter_groups else SERIES
+        return cls([], {k: [] for k in keys}, [], {k: [] for k in SHARPNESS_KEYS}, np.full(g, -1))
 
     def truncate(self, epoch: int) -> History:
         """The history up to and including ``epoch`` (for resuming)."""
@@ -104,7 +104,7 @@ class History:
     @classmethod
     def from_raw(cls, raw: dict[str, np.ndarray]) -> History:
         """Rebuilds a history saved with :meth:`raw_arrays`."""
-        h = cls.empty(len(raw["diverged_epoch"]))
+        h = cls.empty(len(raw["diverged_epoch"]), "series/filter_elr" in raw)
         h.epochs = [int(e) for e in raw["epochs"]]
         h.sharpness_epochs = [int(e) for e in raw["sharpness_epochs"]]
         h.diverged_epoch = np.array(raw["diverged_epoch"], np.int64)
@@ -114,8 +114,13 @@ class History:
                     d[k] = list(np.moveaxis(raw[prefix + k], 1, 0))
         return h
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Stacked ``[G, T, ...]`` arrays, NaN from each member's divergence on."""
+    def arrays(self, n_si_params: int | None = None) -> dict[str, np.ndarray]:
+        """Stacked ``[G, T, ...]`` arrays, NaN from each member's divergence on.
+
+        With ``n_si_params``, the sharpness traces also come per SI parameter
+        (``*_trace_per_param``: trace / number of SI parameters, as the
+        official code reports them); the plain ones are totals.
+        """
         out: dict[str, np.ndarray] = {"epoch": np.asarray(self.epochs, np.int64)}
         g = len(self.diverged_epoch)
         for k, v in self.series.items():
@@ -124,12 +129,15 @@ class History:
         for k, v in self.sharpness.items():
             out[k] = np.stack(v, axis=1).astype(np.float32) if v else np.zeros((g, 0), np.float32)
         for i, e in enumerate(self.diverged_epoch):
-            if e > 0:
+            if e >= 0:
                 for k in (*self.series, *self.sharpness):
                     ep = out["sharpness_epoch" if k in self.sharpness else "epoch"]
                     out[k][i, ep >= e] = np.nan
+        if n_si_params:
+            for k in TRACE_KEYS:
+                out[f"{k}_per_param"] = out[k] / np.float32(n_si_params)
         out["group_ess_spread"] = np.asarray(ess_spread(out["group_ess"]), np.float32)
-        out["diverged"] = self.diverged_epoch > 0
+        out["diverged"] = self.diverged_epoch >= 0
         out["diverged_epoch"] = self.diverged_epoch.copy()
         return out
 
@@ -161,6 +169,24 @@ def _sharpness_due(epoch: int, last: int, every: int) -> bool:
     return every > 0 and (epoch % every == 0 or epoch == last)
 
 
+def _sharpness_subset(data: DeviceData, size: int) -> tuple[jax.Array, jax.Array]:
+    """The first ``size`` training examples (0: all of them)."""
+    n = data.x_train.shape[0] if size == 0 else min(size, data.x_train.shape[0])
+    return data.x_train[:n], data.y_train[:n]
+
+
+def _step_nans(trainer: GridTrainer, state: GridState) -> dict[str, np.ndarray]:
+    """NaN entries of the step metrics for an epoch without steps (the start)."""
+    g = state.size
+    shapes = {k: (g,) for k in STEP_METRICS}
+    for k in GROUP_METRICS:
+        shapes[k] = (g, len(trainer.group_names))
+    for k in FILTER_METRICS:
+        if trainer.filter_groups:
+            shapes[k] = (g, n_filters(state.params, trainer.si_mask))
+    return {k: np.full(shape, np.nan, np.float32) for k, shape in shapes.items()}
+
+
 def train_grid(
     trainer: GridTrainer,
     state: GridState,
@@ -172,8 +198,14 @@ def train_grid(
     history: History | None = None,
     progress: bool = True,
     on_epoch: Callable[[int, GridState, History], None] | None = None,
+    step_norms: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[GridState, History]:
-    """Trains epochs ``start_epoch .. end_epoch - 1`` and measures after each.
+    """Measures the start, then trains epochs ``start_epoch .. end_epoch - 1`` measuring after each.
+
+    With a new (empty) history, the state at ``start_epoch`` is measured first:
+    the paper's curves start at the initialization (a fine-tune's at its source
+    checkpoint).  Step metrics (``batch_loss``, ``step_cos``, the per-group
+    statistics, ...) are NaN there, since no step was taken.
 
     Args:
       trainer: the compiled trainer.
@@ -186,38 +218,49 @@ def train_grid(
       progress: tqdm bar over epochs.
       on_epoch: called as ``on_epoch(epoch, state, history)`` after each epoch
         (e.g. to checkpoint).
+      step_norms: ``step_norms(epoch) -> [G]``: the effective gradient norm
+        the random walk's steps take during ``epoch`` (counted from 1).
 
     Returns:
       The final state and the history.
     """
-    history = history or History.empty(state.size)
-    subset_n = min(sharpness.size, data.x_train.shape[0])
-    subset = (data.x_train[:subset_n], data.y_train[:subset_n])
+    history = history or History.empty(state.size, trainer.filter_groups)
+    subset = _sharpness_subset(data, sharpness.size)
+
+    def record(epoch, state, m, checked, *, start: bool = False) -> None:
+        newly = ~finite_members(state, checked) & (history.diverged_epoch < 0)
+        history.diverged_epoch[newly] = epoch
+        history.epochs.append(epoch)
+        for k in history.series:
+            if k in m:
+                history.series[k].append(np.asarray(m[k]))
+        due = _sharpness_due(epoch, end_epoch, sharpness.every)
+        if due or (start and sharpness.every > 0):
+            key = jax.random.fold_in(jax.random.key(SHARPNESS_SEED), epoch)
+            sh = trainer.sharpness(
+                state, *subset, key, n_probes=sharpness.probes, n_iters=sharpness.iters
+            )
+            history.sharpness_epochs.append(epoch)
+            for k, v in jax.device_get(sh).items():
+                history.sharpness[k].append(np.asarray(v))
+
+    if not history.epochs:
+        eval_m = jax.device_get(
+            trainer.evaluate(state, data.x_train, data.y_train, data.x_test, data.y_test)
+        )
+        g = state.size
+        m = {**_step_nans(trainer, state), **eval_m, "adjacent_cos": np.full(g, np.nan, np.float32)}
+        record(start_epoch, state, m, eval_m, start=True)
     with _progress(end_epoch, progress, state.size, start_epoch) as bar:
         for epoch in range(start_epoch, end_epoch):
             prev = state.params
-            state, train_m = trainer.train_epoch(state, data.x_train, data.y_train, epoch)
+            norm = None if step_norms is None else step_norms(epoch + 1)
+            state, train_m = trainer.train_epoch(state, data.x_train, data.y_train, epoch, norm)
             eval_m = trainer.evaluate(state, data.x_train, data.y_train, data.x_test, data.y_test)
             cos = trainer.adjacent_cos(prev, state.params)
             m = jax.device_get({**train_m, **eval_m, "adjacent_cos": cos})
             done = epoch + 1
-            newly = ~finite_members(state, m) & (history.diverged_epoch < 0)
-            history.diverged_epoch[newly] = done
-            history.epochs.append(done)
-            for k in SERIES:
-                history.series[k].append(np.asarray(m[k]))
-            if _sharpness_due(done, end_epoch, sharpness.every):
-                key = jax.random.fold_in(jax.random.key(SHARPNESS_SEED), done)
-                sh = trainer.sharpness(
-                    state,
-                    *subset,
-                    key,
-                    n_probes=sharpness.probes,
-                    n_iters=sharpness.iters,
-                )
-                history.sharpness_epochs.append(done)
-                for k, v in jax.device_get(sh).items():
-                    history.sharpness[k].append(np.asarray(v))
+            record(done, state, m, m)
             alive = history.diverged_epoch < 0
             if alive.any():
                 lo, hi = m["train_loss"][alive].min(), m["train_loss"][alive].max()

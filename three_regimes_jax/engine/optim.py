@@ -36,9 +36,10 @@ class SweptOptimizer(NamedTuple):
     Attributes:
       init: ``init(params, **hyperparams) -> state``; ``hyperparams`` are the
         names in :attr:`hyperparams` (e.g. ``elr``), scalars or traced arrays.
-      update: ``update(grads, state, params, *, rw_key=None) -> (updates, state)``;
-        ``rw_key`` (a PRNG key) draws the random-walk direction when the
-        random walk is on and is ignored otherwise.
+      update: ``update(grads, state, params, *, rw_key=None, rw_norm=None)
+        -> (updates, state)``; ``rw_key`` (a PRNG key) draws the random-walk
+        direction and ``rw_norm`` sets its length when the random walk is on;
+        both are ignored otherwise.
       lr: ``lr(state)``: the plain learning rate the state realises (for the
         per-group statistics).
       hyperparams: the names ``init`` takes.
@@ -53,9 +54,10 @@ class SweptOptimizer(NamedTuple):
 def random_walk(si_mask: PyTree) -> optax.GradientTransformationExtraArgs:
     """The App. M random-walk baseline as a stateless Optax transformation.
 
-    ``update(grads, state, params, *, rw_key)`` returns a standard Gaussian
-    direction projected onto each SI group's tangent space and rescaled to the
-    joint SI norm of ``grads`` (:func:`~three_regimes_jax.engine.diagnostics.tangent_gaussian`),
+    ``update(grads, state, params, *, rw_key, rw_norm=None)`` returns a standard
+    Gaussian direction projected onto each SI group's tangent space and rescaled
+    to ``rw_norm`` (a regular run's gradient norm; NaN or None: the joint SI
+    norm of ``grads``) (:func:`~three_regimes_jax.engine.diagnostics.tangent_gaussian`),
     so the sphere step that follows has the length the real step would have had.
 
     Args:
@@ -69,11 +71,11 @@ def random_walk(si_mask: PyTree) -> optax.GradientTransformationExtraArgs:
         del params
         return optax.EmptyState()
 
-    def update_fn(updates, state, params=None, *, rw_key=None, **extra):
+    def update_fn(updates, state, params=None, *, rw_key=None, rw_norm=None, **extra):
         del extra
         if params is None or rw_key is None:
             raise ValueError("random_walk needs params and rw_key in update()")
-        return tangent_gaussian(rw_key, params, updates, si_mask), state
+        return tangent_gaussian(rw_key, params, updates, si_mask, rw_norm), state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -98,9 +100,11 @@ def make_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
     def init(params: PyTree, *, elr: float | jax.Array) -> SphereState:
         return sphere.init(params, elr=elr)
 
-    def update(grads: PyTree, state: SphereState, params: PyTree, *, rw_key=None):
+    def update(grads: PyTree, state: SphereState, params: PyTree, *, rw_key=None, rw_norm=None):
         if walk is not None:
-            grads, _ = walk.update(grads, optax.EmptyState(), params, rw_key=rw_key)
+            grads, _ = walk.update(
+                grads, optax.EmptyState(), params, rw_key=rw_key, rw_norm=rw_norm
+            )
         return sphere.update(grads, state, params)
 
     def lr(state: SphereState) -> jax.Array:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from flax.core import meta
@@ -337,3 +338,55 @@ def group_stats(params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array) -
         total_eff_grad_norm=total_eff,
         total_ess=total_elr * total_eff,
     )
+
+
+def filter_stats(params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array) -> GroupStats:
+    """:func:`group_stats` with every filter as its own SI group (paper Figs. 4, 20, 21).
+
+    A filter is one output unit of an SI kernel (the last axis: output
+    channel of an HWIO convolution, output unit of a dense kernel); BatchNorm
+    after it normalises each channel, so each filter is SI on its own.  The
+    groups follow the SI leaves in :func:`si_group_names` order, then the
+    filters of each.  ``sum_f 1/elr_f = 1/total_elr`` (eq. 3) holds as for layers.
+    """
+    p_leaves = _si_leaves(params, si_mask)
+    g_leaves = _si_leaves(grads, si_mask)
+
+    def per_filter(x):
+        x = x.astype(jnp.float32)
+        return jnp.sum(jnp.square(x.reshape(-1, x.shape[-1])), axis=0)
+
+    rho_sq = jnp.concatenate([per_filter(p) for p in p_leaves])
+    grad_sq = jnp.concatenate([per_filter(g) for g in g_leaves])
+    lr = jnp.asarray(lr, jnp.float32)
+    elr = lr / rho_sq
+    eff = jnp.sqrt(grad_sq) * jnp.sqrt(rho_sq)
+    total_rho = jnp.sqrt(jnp.sum(rho_sq))
+    total_elr = lr / jnp.sum(rho_sq)
+    total_eff = jnp.sqrt(jnp.sum(grad_sq)) * total_rho
+    return GroupStats(
+        rho=jnp.sqrt(rho_sq),
+        elr=elr,
+        eff_grad_norm=eff,
+        ess=elr * eff,
+        total_rho=total_rho,
+        total_elr=total_elr,
+        total_eff_grad_norm=total_eff,
+        total_ess=total_elr * total_eff,
+    )
+
+
+def filter_groups_of(params: PyTree, si_mask: PyTree) -> np.ndarray:
+    """Index of each filter's layer (its SI group, in :func:`si_group_names` order)."""
+    sizes = [p.shape[-1] for p in _si_leaves(params, si_mask)]
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
+def n_filters(params: PyTree, si_mask: PyTree) -> int:
+    """Number of filters (output units) over the SI leaves (see :func:`filter_stats`)."""
+    return int(sum(p.shape[-1] for p in _si_leaves(params, si_mask)))
+
+
+def n_si_params(params: PyTree, si_mask: PyTree) -> int:
+    """Number of scalar SI parameters."""
+    return int(sum(np.prod(p.shape) for p in _si_leaves(params, si_mask)))

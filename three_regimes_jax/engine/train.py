@@ -17,7 +17,8 @@ of the Flax examples:
 Members run with ``jax.vmap`` or one after another with ``lax.map``
 (:func:`over_members`; the strategy is resolved by
 :func:`~three_regimes_jax.engine.grid.choose_strategy`).
-:class:`GridTrainer` only holds the jitted functions of one model.
+:class:`~three_regimes_jax.engine.trainer.GridTrainer` only holds the jitted functions of
+one model.
 """
 
 from __future__ import annotations
@@ -30,14 +31,17 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
-from three_regimes_jax.config import Config, TrainConfig
 from three_regimes_jax.engine.batching import scan_batches
 from three_regimes_jax.engine.diagnostics import adjacent_cos
-from three_regimes_jax.engine.grid import GridState, choose_strategy, stack
+from three_regimes_jax.engine.grid import GridState, stack
 from three_regimes_jax.engine.metrics import sharpness
-from three_regimes_jax.engine.models import FROZEN, build_model, init_model, si_mask_of
-from three_regimes_jax.engine.optim import SweptOptimizer, make_optimizer
-from three_regimes_jax.engine.sphere import group_stats, si_group_names, si_norm
+from three_regimes_jax.engine.models import FROZEN, init_model
+from three_regimes_jax.engine.optim import SweptOptimizer
+from three_regimes_jax.engine.sphere import (
+    filter_stats,
+    group_stats,
+    si_norm,
+)
 
 # Folded into a member's data key to draw the random-walk directions.
 RANDOM_WALK_SALT = 0x52574B
@@ -69,26 +73,39 @@ def _apply(model: nn.Module, ms: GridState, params: Any, x: jax.Array, *, train:
     return model.apply(variables, x, train=train, mutable=False)
 
 
-def make_train_step(model: nn.Module, si_mask: Any, opt: SweptOptimizer) -> Callable:
-    """``train_step(member_state, x, y) -> (member_state, metrics)``: one SGD step on the sphere.
+def make_train_step(
+    model: nn.Module, si_mask: Any, opt: SweptOptimizer, *, filter_groups: bool = False
+) -> Callable:
+    """``train_step(member_state, x, y[, step_norm]) -> (member_state, metrics)``: one step.
 
-    Metrics: ``batch_loss``, ``batch_acc``, ``eff_grad_norm`` (``||grad_SI|| * rho``
-    at the step's parameters), ``step_cos`` (cosine between the SI weights
-    before and after) and ``group_elr``, ``group_eff_grad_norm``, ``group_ess``.
+    One SGD step on the sphere.  ``step_norm`` (random walk only) is the
+    effective gradient norm ``||grad_SI|| * rho`` whose length the random step
+    takes (NaN: the gradient's own).
+
+    Metrics: ``batch_loss``, ``batch_acc``, ``eff_grad_norm_traj``
+    (``||grad_SI L_B|| * rho`` at the step's parameters: its epoch mean is the
+    effective gradient norm along the trajectory), ``step_cos`` (cosine
+    between the SI weights before and after), ``group_elr``,
+    ``group_eff_grad_norm``, ``group_ess`` and, with ``filter_groups``, the
+    same three per filter (``filter_*``, see ``sphere.filter_stats``).
     """
 
-    def train_step(ms: GridState, x: jax.Array, y: jax.Array):
+    def train_step(ms: GridState, x: jax.Array, y: jax.Array, step_norm=None):
         def loss_fn(params):
             variables = {"params": params, "batch_stats": ms.batch_stats, FROZEN: ms.frozen}
             logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
             return cross_entropy(logits, y).mean(), (updated["batch_stats"], logits)
 
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ms.params)
-        stats = group_stats(ms.params, grads, si_mask, opt.lr(ms.opt_state))
+        lr = opt.lr(ms.opt_state)
+        stats = group_stats(ms.params, grads, si_mask, lr)
         rw_key = jax.random.fold_in(
             jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), RANDOM_WALK_SALT), ms.step
         )
-        updates, opt_state = opt.update(grads, ms.opt_state, ms.params, rw_key=rw_key)
+        rw_norm = None if step_norm is None else step_norm / si_norm(ms.params, si_mask)
+        updates, opt_state = opt.update(
+            grads, ms.opt_state, ms.params, rw_key=rw_key, rw_norm=rw_norm
+        )
         params = optax.apply_updates(ms.params, updates)
         new = ms.replace(
             params=params, batch_stats=batch_stats, opt_state=opt_state, step=ms.step + 1
@@ -96,12 +113,16 @@ def make_train_step(model: nn.Module, si_mask: Any, opt: SweptOptimizer) -> Call
         metrics = {
             "batch_loss": loss,
             "batch_acc": jnp.mean(jnp.argmax(logits, -1) == y),
-            "eff_grad_norm": stats.total_eff_grad_norm,
+            "eff_grad_norm_traj": stats.total_eff_grad_norm,
             "step_cos": adjacent_cos(ms.params, params, si_mask),
             "group_elr": stats.elr,
             "group_eff_grad_norm": stats.eff_grad_norm,
             "group_ess": stats.ess,
         }
+        if filter_groups:
+            fs = filter_stats(ms.params, grads, si_mask, lr)
+            metrics |= {"filter_elr": fs.elr, "filter_eff_grad_norm": fs.eff_grad_norm}
+            metrics["filter_ess"] = fs.ess
         return new, metrics
 
     return train_step
@@ -115,24 +136,28 @@ def make_train_epoch(
     batch_size: int,
     drop_last: bool = False,
     strategy: str = "vmap",
+    filter_groups: bool = False,
 ) -> Callable:
-    """``train_epoch(state, x, y, epoch) -> (state, metrics)`` over a whole grid.
+    """``train_epoch(state, x, y, epoch[, step_norm]) -> (state, metrics)`` over a whole grid.
 
-    Epoch numbers start at 0.  Metrics are per-member means over the epoch's
-    mini-batches (see :func:`make_train_step`), each ``[G]`` or ``[G, n_groups]``.
+    Epoch numbers start at 0.  ``step_norm`` ``[G]`` is the effective gradient
+    norm each member's random-walk steps replicate (NaN or None: their own).
+    Metrics are per-member means over the epoch's mini-batches (see
+    :func:`make_train_step`), each ``[G]`` or ``[G, n_groups]``.
     """
-    step = make_train_step(model, si_mask, opt)
+    step = make_train_step(model, si_mask, opt, filter_groups=filter_groups)
 
-    def member_epoch(ms: GridState, x: jax.Array, y: jax.Array, epoch: jax.Array):
+    def member_epoch(member_in, x: jax.Array, y: jax.Array, epoch: jax.Array):
+        ms, step_norm = member_in
         key = jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), epoch)
         perm = jax.random.permutation(key, x.shape[0])
         bs = min(batch_size, x.shape[0])
-        shapes = jax.eval_shape(lambda: step(ms, x[:bs], y[:bs])[1])
+        shapes = jax.eval_shape(lambda: step(ms, x[:bs], y[:bs], step_norm)[1])
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def body(carry, xb, yb):
             ms, acc = carry
-            ms, m = step(ms, xb, yb)
+            ms, m = step(ms, xb, yb, step_norm)
             return ms, jax.tree.map(jnp.add, acc, m)
 
         (ms, acc), n_batches = scan_batches(
@@ -140,35 +165,62 @@ def make_train_epoch(
         )
         return ms, jax.tree.map(lambda a: a / n_batches, acc)
 
-    return over_members(member_epoch, strategy)
+    grid_epoch = over_members(member_epoch, strategy)
+
+    def train_epoch(state: GridState, x, y, epoch, step_norm=None):
+        if step_norm is None:
+            step_norm = jnp.full(state.step.shape, jnp.nan, jnp.float32)
+        return grid_epoch((state, step_norm), x, y, epoch)
+
+    return train_epoch
 
 
 def make_evaluate(model: nn.Module, si_mask: Any, *, batch_size: int, strategy: str) -> Callable:
     """``evaluate(state, x_tr, y_tr, x_te, y_te) -> metrics`` over a whole grid.
 
-    Metrics, each ``[G]``: ``train_loss``, ``train_acc`` (train-mode BN: batch
-    statistics, running statistics untouched), ``test_loss``, ``test_acc``
-    (eval-mode BN: running statistics) and ``si_norm``; passes in order, in
-    mini-batches of ``batch_size`` (train-mode BN statistics depend on it).
+    Metrics, each ``[G]``, at the state's fixed parameters, in passes over the
+    data in order, in mini-batches of ``batch_size``:
+
+    - ``train_loss``, ``train_acc``: train-mode BN (batch statistics, running
+      statistics untouched), as the paper's ``get_info.py --train_mode``;
+    - ``eff_grad_norm``: in the same pass, the mean over the mini-batches of
+      ``||grad_SI L_B(theta)|| * ||theta_SI||`` (App. B; the y-axis of the
+      paper's diagrams);
+    - ``test_loss``, ``test_acc``: eval-mode BN (running statistics);
+    - ``si_norm``.
     """
 
     def member_evaluate(ms: GridState, x_tr, y_tr, x_te, y_te):
-        def totals(x, y, train: bool) -> jax.Array:
-            def add(total, xb, yb):
-                logits = _apply(model, ms, ms.params, xb, train=train)
-                correct = jnp.sum(jnp.argmax(logits, -1) == yb)
-                return total + jnp.stack([jnp.sum(cross_entropy(logits, yb)), correct])
+        rho = si_norm(ms.params, si_mask)
 
-            total, _ = scan_batches(add, jnp.zeros(2, jnp.float32), x, y, batch_size)
-            return total / x.shape[0]
+        def train_add(total, xb, yb):
+            def loss_fn(params):
+                logits = _apply(model, ms, params, xb, train=True)
+                ce = cross_entropy(logits, yb)
+                return ce.mean(), (ce, logits)
 
-        train, test = totals(x_tr, y_tr, True), totals(x_te, y_te, False)
+            (_, (ce, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ms.params)
+            correct = jnp.sum(jnp.argmax(logits, -1) == yb)
+            eff = si_norm(grads, si_mask) * rho
+            return total + jnp.stack([jnp.sum(ce), correct, eff])
+
+        def test_add(total, xb, yb):
+            logits = _apply(model, ms, ms.params, xb, train=False)
+            correct = jnp.sum(jnp.argmax(logits, -1) == yb)
+            return total + jnp.stack([jnp.sum(cross_entropy(logits, yb)), correct])
+
+        train, n_batches = scan_batches(
+            train_add, jnp.zeros(3, jnp.float32), x_tr, y_tr, batch_size
+        )
+        test, _ = scan_batches(test_add, jnp.zeros(2, jnp.float32), x_te, y_te, batch_size)
+        n_tr, n_te = x_tr.shape[0], x_te.shape[0]
         return {
-            "train_loss": train[0],
-            "train_acc": train[1],
-            "test_loss": test[0],
-            "test_acc": test[1],
-            "si_norm": si_norm(ms.params, si_mask),
+            "train_loss": train[0] / n_tr,
+            "train_acc": train[1] / n_tr,
+            "eff_grad_norm": train[2] / n_batches,
+            "test_loss": test[0] / n_te,
+            "test_acc": test[1] / n_te,
+            "si_norm": rho,
         }
 
     return over_members(member_evaluate, strategy)
@@ -239,21 +291,38 @@ def init_grid(
     elrs: Sequence[float],
     seeds: Sequence[int],
     input_shape: tuple[int, ...],
+    *,
+    si_mask: Any = None,
+    per_seed_head: bool = True,
 ) -> GridState:
     """Initial grid state, one member per (elr, seed) pair.
 
     Member ``i`` gets ELR ``elrs[i]``; its init and batch order come from
     ``seeds[i]`` (``key(seed)`` split into an init key and a data key), so
-    members with the same seed share both, as in the paper.
+    members with the same seed share both, as in the paper.  Unless
+    ``per_seed_head``, every member's last layer (the frozen collection and
+    the non-SI parameters, marked by ``si_mask``) is seed 0's, as the official
+    code's ``same_last_layer``: seed 0's members are unchanged by the choice.
     """
     if len(elrs) != len(seeds) or not elrs:
         raise ValueError("the grid is empty or elrs and seeds differ in length")
     # One compiled init (eagerly, every random op of every shape compiles on its own).
     init = jax.jit(lambda key: init_model(model, key, input_shape)._replace(si_mask=None))
+
+    def variables(seed: int):
+        init_key, data_key = jax.random.split(jax.random.key(seed))
+        return init(init_key), jax.random.key_data(data_key)
+
+    head = None if per_seed_head else variables(0)[0]
     per_seed = {}
     for seed in dict.fromkeys(int(s) for s in seeds):
-        init_key, data_key = jax.random.split(jax.random.key(seed))
-        per_seed[seed] = (init(init_key), jax.random.key_data(data_key))
+        v, data_key = variables(seed)
+        if head is not None and seed != 0:
+            if si_mask is None:
+                raise ValueError("a shared head needs the si_mask (non-SI leaves are the head)")
+            params = jax.tree.map(lambda m, p, h: p if m else h, si_mask, v.params, head.params)
+            v = v._replace(params=params, frozen=head.frozen)
+        per_seed[seed] = (v, data_key)
     members = []
     for elr, seed in zip(elrs, seeds, strict=True):
         v, data_key = per_seed[int(seed)]
@@ -268,121 +337,3 @@ def init_grid(
             )
         )
     return stack(members)
-
-
-class GridTrainer:
-    """The jitted grid functions of one model (built by the ``make_*`` factories).
-
-    Args:
-      model: a Flax module called as ``model.apply(vars, x, train=...)``.
-      si_mask: boolean pytree marking the SI parameters.
-      batch_size: mini-batch size.
-      strategy: ``"vmap"``, ``"map"`` or ``"auto"`` (see ``grid.choose_strategy``).
-      drop_last: drop the last partial batch of each epoch.
-      eval_batch_size: batch size of the evaluation passes (default ``batch_size``).
-      random_walk: the random-walk baseline of App. M (see ``optim.random_walk``).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        si_mask: Any,
-        *,
-        batch_size: int,
-        strategy: str = "auto",
-        drop_last: bool = False,
-        eval_batch_size: int | None = None,
-        random_walk: bool = False,
-    ):
-        self.model = model
-        self.si_mask = si_mask
-        self.group_names = si_group_names(si_mask)
-        self.batch_size = int(batch_size)
-        self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.strategy = choose_strategy(strategy, model)
-        self.optimizer = make_optimizer(
-            TrainConfig(batch_size=self.batch_size, drop_last=drop_last, random_walk=random_walk),
-            si_mask,
-        )
-        s = self.strategy
-        self.train_epoch_fn = jax.jit(
-            make_train_epoch(
-                model,
-                si_mask,
-                self.optimizer,
-                batch_size=self.batch_size,
-                drop_last=drop_last,
-                strategy=s,
-            )
-        )
-        self.evaluate = jax.jit(
-            make_evaluate(model, si_mask, batch_size=self.eval_batch_size, strategy=s)
-        )
-        self.recompute_batch_stats = jax.jit(
-            make_recompute_bn(model, batch_size=self.eval_batch_size, strategy=s)
-        )
-        self.adjacent_cos = jax.jit(make_adjacent_cos(si_mask))
-        self._sharpness: dict[tuple[int, int, int], Callable] = {}
-
-    @classmethod
-    def from_config(
-        cls, config: Config, num_classes: int, input_shape: tuple[int, ...]
-    ) -> GridTrainer:
-        """The trainer of a config's model, batch size, strategy and random walk."""
-        m = config.model
-        model = build_model(
-            m.name,
-            num_classes,
-            width=m.width,
-            depth=m.depth,
-            hidden=m.hidden,
-            init_scale=m.init_scale,
-            train_last_layer=m.train_last_layer,
-        )
-        return cls(
-            model,
-            si_mask_of(model, input_shape),
-            batch_size=config.train.batch_size,
-            strategy=config.run.strategy,
-            drop_last=config.train.drop_last,
-            random_walk=config.train.random_walk,
-        )
-
-    def init(
-        self, elrs: Sequence[float], seeds: Sequence[int], input_shape: tuple[int, ...]
-    ) -> GridState:
-        """Initial grid state (see :func:`init_grid`)."""
-        return init_grid(self.model, self.optimizer, elrs, seeds, input_shape)
-
-    def train_epoch(self, state: GridState, x: jax.Array, y: jax.Array, epoch: int):
-        """Trains every member for one epoch (epoch numbers start at 0)."""
-        return self.train_epoch_fn(state, x, y, jnp.asarray(epoch, jnp.uint32))
-
-    def sharpness(
-        self,
-        state: GridState,
-        x: jax.Array,
-        y: jax.Array,
-        key: jax.Array,
-        *,
-        n_probes: int = 8,
-        n_iters: int = 20,
-        batch_size: int | None = None,
-    ) -> dict[str, jax.Array]:
-        """Effective sharpness measures of every member on the subset ``(x, y)``.
-
-        See :func:`make_sharpness`; returns name -> ``[G]``.
-        """
-        settings = (int(n_probes), int(n_iters), int(batch_size or self.batch_size))
-        if settings not in self._sharpness:
-            self._sharpness[settings] = jax.jit(
-                make_sharpness(
-                    self.model,
-                    self.si_mask,
-                    n_probes=settings[0],
-                    n_iters=settings[1],
-                    batch_size=settings[2],
-                    strategy=self.strategy,
-                )
-            )
-        return self._sharpness[settings](state, x, y, key)

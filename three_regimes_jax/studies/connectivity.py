@@ -39,7 +39,7 @@ import numpy as np
 from three_regimes_jax.config import Config
 from three_regimes_jax.engine.grid import GridState, member, stack
 from three_regimes_jax.engine.loop import DeviceData
-from three_regimes_jax.engine.train import GridTrainer
+from three_regimes_jax.engine.trainer import GridTrainer
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.checkpoint import latest_epoch, load_checkpoint, read_meta
 from three_regimes_jax.studies.run import load_data, make_trainer, state_template
@@ -212,8 +212,8 @@ def linear_path(
     for fa, fb in zip(jax.tree.leaves(a.frozen), jax.tree.leaves(b.frozen), strict=True):
         if not np.array_equal(np.asarray(fa), np.asarray(fb)):
             raise UserError(
-                "the endpoints have different frozen last layers (different seeds); "
-                "interpolate members of the same seed"
+                "the endpoints have different frozen last layers (runs with --per-seed-head "
+                "and different seeds); interpolate members of the same seed"
             )
     grid = interpolated_grid(a, b, alphas)
     total = grid.size

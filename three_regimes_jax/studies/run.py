@@ -29,7 +29,7 @@ import numpy as np
 
 from three_regimes_jax.config import Config
 from three_regimes_jax.engine.data import Dataset, load_dataset
-from three_regimes_jax.engine.grid import GridState, shard_grid
+from three_regimes_jax.engine.grid import GridState, member, shard_grid
 from three_regimes_jax.engine.loop import (
     EPOCH_METRICS,
     DeviceData,
@@ -39,7 +39,8 @@ from three_regimes_jax.engine.loop import (
 )
 from three_regimes_jax.engine.metrics import SHARPNESS_KEYS
 from three_regimes_jax.engine.models import input_size_of
-from three_regimes_jax.engine.train import GridTrainer
+from three_regimes_jax.engine.sphere import filter_groups_of, n_si_params
+from three_regimes_jax.engine.trainer import GridTrainer
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.checkpoint import (
     CHECKPOINTS,
@@ -53,6 +54,7 @@ from three_regimes_jax.storage.results import (
     check_out_dir,
     check_writable,
     config_diff,
+    load_results,
     write_npz,
     write_results,
 )
@@ -100,7 +102,11 @@ def state_template(meta: Mapping[str, Any]) -> GridState:
 
 
 def summarize(
-    metrics: Mapping[str, np.ndarray], seconds: float, strategy: str, epochs: int
+    metrics: Mapping[str, np.ndarray],
+    seconds: float,
+    strategy: str,
+    epochs: int,
+    precision: str = "highest",
 ) -> dict[str, Any]:
     """The ``summary.json`` dict: final values per member and run facts."""
     members = []
@@ -123,6 +129,7 @@ def summarize(
         "epochs": epochs,
         "wall_time_s": round(seconds, 3),
         "strategy": strategy,
+        "precision": precision,
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
     }
@@ -179,6 +186,50 @@ def check_out(
         )
     check_out_dir(out, cfg, overwrite)
     return schedule
+
+
+def random_walk_norms(
+    config: Config, elrs: np.ndarray, seeds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The regular run's per-epoch step lengths that a random walk replicates (App. M).
+
+    For each member, the member of ``config.train.random_walk_from`` with the
+    same ELR and seed; its effective gradient norm along the trajectory
+    (``eff_grad_norm_traj``: the mean of ``||grad_SI L_B|| * rho`` over the
+    epoch's steps; results written before it existed hold it as
+    ``eff_grad_norm``) is the length, in effective units, of the random walk's
+    steps in that epoch.
+
+    Returns:
+      ``(epochs [T], norms [G, T])``, or None without ``random_walk_from``.
+
+    Raises:
+      UserError: the regular run lacks a member or an epoch this run needs.
+    """
+    src = config.train.random_walk_from
+    if src is None:
+        return None
+    ref = load_results(src)
+    m = ref.metrics
+    key = "eff_grad_norm_traj" if "eff_grad_norm_traj" in m else "eff_grad_norm"
+    missing_epochs = sorted(
+        set(range(config.start_epoch + 1, config.end_epoch + 1)) - set(int(e) for e in m["epoch"])
+    )
+    if missing_epochs:
+        raise UserError(
+            f"--random-walk-from {src} has no epoch {missing_epochs[0]}; the regular run "
+            f"must cover epochs {config.start_epoch + 1}..{config.end_epoch}"
+        )
+    rows = []
+    for elr, seed in zip(elrs, seeds, strict=True):
+        hits = np.flatnonzero(np.isclose(m["elr"], elr, rtol=1e-6) & (m["seed"] == seed))
+        if not len(hits):
+            raise UserError(
+                f"--random-walk-from {src} has no member with ELR {elr:g} and seed {seed}; "
+                "run the regular grid with the same ELRs and seeds"
+            )
+        rows.append(np.asarray(m[key][hits[0]], np.float32))
+    return np.asarray(m["epoch"], np.int64), np.stack(rows)
 
 
 def _save(ckpt: GridCheckpointer, epoch: int, state: GridState, history: History, extra) -> None:
@@ -259,11 +310,21 @@ def run_grid(
     elif ckpt is not None:
         if overwrite:
             shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
-        _save(ckpt, start, state, History.empty(state.size), checkpoint_extra)
+        _save(
+            ckpt, start, state, History.empty(state.size, trainer.filter_groups), checkpoint_extra
+        )
 
     def on_epoch(epoch: int, state: GridState, history: History) -> None:
         if ckpt is not None and epoch in schedule:
             _save(ckpt, epoch, state, history, checkpoint_extra)
+
+    walk = random_walk_norms(config, member_info["elr"], member_info["seed"])
+    step_norms = None
+    if walk is not None:
+        walk_epochs, walk_norms = walk
+
+        def step_norms(epoch: int) -> np.ndarray:
+            return walk_norms[:, int(np.flatnonzero(walk_epochs == epoch)[0])]
 
     m = config.measure
     t0 = time.perf_counter()
@@ -279,16 +340,21 @@ def run_grid(
         history=history,
         progress=progress,
         on_epoch=on_epoch,
+        step_norms=step_norms,
     )
     seconds = time.perf_counter() - t0
     if ckpt is not None:
         ckpt.close()
     metrics = {
         **member_info,
-        **history.arrays(),
+        **history.arrays(n_si_params(member(state, 0).params, trainer.si_mask)),
         "group_names": np.asarray(trainer.group_names, dtype=str),
     }
-    summary = summarize(metrics, seconds, trainer.strategy, config.train.epochs)
+    if trainer.filter_groups:
+        metrics["filter_group"] = filter_groups_of(member(state, 0).params, trainer.si_mask)
+    summary = summarize(
+        metrics, seconds, trainer.strategy, config.train.epochs, config.run.precision
+    )
     if start > config.start_epoch:
         summary["resumed_from_epoch"] = start
     cfg = config.to_dict()
