@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -229,7 +230,9 @@ def run_palette(runs: Sequence[Run]) -> ElrPalette:
 def suptitle(fig: Figure, what: str, runs: Sequence[Run]) -> None:
     """``what — model on dataset; ...`` as the figure title (distinct run titles only)."""
     titles = list(dict.fromkeys(t for t in (r.title() for r in runs) if t))
-    fig.suptitle(f"{what}" + (f" — {'; '.join(titles)}" if titles else ""), fontsize=11)
+    text = f"{what}" + (f" — {'; '.join(titles)}" if titles else "")
+    width_chars = fig.get_figwidth() * 72 / 6.5  # ~ characters of an 11-pt title per line
+    fig.suptitle(textwrap.fill(text, max(40, int(width_chars))), fontsize=11)
 
 
 @dataclasses.dataclass(frozen=True)
