@@ -24,6 +24,8 @@ CFG = Config.from_flat(
     seeds=(0, 1),
     epochs=2,
     filter_groups=True,
+    filter_log_steps=(4, 8),  # 200 examples, batch 64: 4 steps per epoch, so all of epoch 2
+    filter_log_elrs=(3e-1,),
     checkpoint_every=1,
 )
 
@@ -121,6 +123,24 @@ def test_per_filter_groups_satisfy_eq3(run):
     np.testing.assert_allclose((1.0 / m["filter_elr"][0, 1:]).sum(-1), 1 / 1e-2, rtol=1e-3)
 
 
+def test_per_step_filter_log_for_chosen_members_and_steps(run):
+    _, res = run
+    m = res.metrics
+    assert m["filter_log_step"].tolist() == [4, 5, 6, 7]
+    assert m["filter_log_member"].tolist() == [2, 3]  # the ELR-0.3 members (seeds 0, 1)
+    assert m["filter_log_elr"].shape == (2, 4, 24)
+    # epoch 2 consists of exactly these steps: their mean is the epoch's recorded mean
+    for k in ("filter_elr", "filter_eff_grad_norm", "filter_ess"):
+        logged = m[k.replace("filter_", "filter_log_")]
+        np.testing.assert_allclose(logged.mean(axis=1), m[k][2:, 2], rtol=1e-5)
+    from three_regimes_jax.errors import UserError
+
+    with pytest.raises(UserError, match="START < END and needs --filter-groups"):
+        CFG.replace(filter_groups=False)
+    with pytest.raises(UserError, match="START < END"):
+        CFG.replace(filter_log_steps=(5, 5))
+
+
 def test_seeds_share_seed_zeros_head_unless_per_seed(run):
     _, res = run
     s = res.state
@@ -151,7 +171,9 @@ def test_random_walk_replicates_the_regular_runs_step_lengths(run):
     """A tangent step of effective length s turns theta by exactly arctan(elr * s)."""
     out, res = run
     rw = run_sweep(
-        CFG.replace(random_walk=True, random_walk_from=str(out), checkpoint_every=0),
+        CFG.replace(
+            random_walk=True, random_walk_from=str(out), checkpoint_every=0, filter_log_steps=()
+        ),
         progress=False,
     ).metrics
     ref = res.metrics["eff_grad_norm_traj"][:, 1:]

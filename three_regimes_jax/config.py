@@ -124,6 +124,12 @@ class Config:
                 f"--grid zip pairs ELR i with seed i: give as many seeds as ELRs "
                 f"(got {len(t.elrs)} ELRs, {len(t.seeds)} seeds)"
             )
+        steps = m.filter_log_steps
+        if steps and (len(steps) != 2 or steps[0] >= steps[1] or not m.filter_groups):
+            raise UserError(
+                "--filter-log-steps takes START,END with START < END and needs --filter-groups, "
+                f"got {','.join(map(str, steps))}"
+            )
         if t.random_walk_from is not None and not t.random_walk:
             raise UserError("--random-walk-from needs --random-walk")
         if m.sharpness_every and 0 < m.sharpness_size < t.batch_size:

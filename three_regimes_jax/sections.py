@@ -152,6 +152,11 @@ class MeasureConfig(Section):
       sharpness_iters: Lanczos steps of the top eigenvalues.
       filter_groups: also record the statistics of every filter (output channel
         or unit of an SI kernel) as its own group, ``[G, T, n_filters]``.
+      filter_log_steps: ``(start, end)``: also log the per-filter statistics of
+        every optimizer step in ``[start, end)`` (global step numbers), for the
+        members in ``filter_log_elrs`` (all if empty); memory grows with
+        ``members x steps x filters``, so it is opt-in (paper Fig. 20).
+      filter_log_elrs: the ELRs of the members to log.
     """
 
     sharpness_every: int = option(0, "--sharpness-every", "every K epochs (0: off)", "int", low=0)
@@ -165,6 +170,20 @@ class MeasureConfig(Section):
         "--filter-groups",
         "also record per-filter ELR, effective gradient norm and ESS (Figs. 4, 20, 21)",
         "bool",
+    )
+    filter_log_steps: tuple[int, ...] = option(
+        (),
+        "--filter-log-steps",
+        "START,END: per-filter stats of every step in [START, END) (Fig. 20, --filter-groups)",
+        "ints",
+        low=0,
+    )
+    filter_log_elrs: tuple[float, ...] = option(
+        (),
+        "--filter-log-elrs",
+        "members (by ELR) whose steps --filter-log-steps logs (default: all)",
+        "floats",
+        positive=True,
     )
 
 

@@ -25,8 +25,13 @@ def scan_batches(
     *,
     order: jax.Array | None = None,
     drop_last: bool = False,
+    collect: bool = False,
 ) -> tuple[Any, int]:
     """Folds ``carry = fn(carry, xb, yb)`` over the mini-batches of ``(x, y)``.
+
+    With ``collect``, ``fn`` returns ``(carry, out)`` and the result is
+    ``((carry, outs), n_batches)`` with ``outs`` stacked over the batches
+    (leading axis ``n_batches``).
 
     Args:
       fn: the per-batch update; it sees full batches of ``batch_size`` and, at
@@ -37,6 +42,7 @@ def scan_batches(
       batch_size: the mini-batch size (static); clipped to ``n``.
       order: an index permutation ``[n]`` to take the examples in (default: in order).
       drop_last: skip the last partial batch.
+      collect: ``fn`` returns ``(carry, out)``; stack the outs (see above).
 
     Returns:
       The final carry and the number of batches seen (a Python int).
@@ -45,27 +51,33 @@ def scan_batches(
     bs = min(int(batch_size), n)
     n_full = n // bs
 
+    def split(result):
+        return result if collect else (result, None)
+
     if order is None:
 
         def body(c, i):
             xb = jax.lax.dynamic_slice_in_dim(x, i * bs, bs)
             yb = jax.lax.dynamic_slice_in_dim(y, i * bs, bs)
-            return fn(c, xb, yb), None
+            return split(fn(c, xb, yb))
 
-        carry, _ = jax.lax.scan(body, carry, jnp.arange(n_full))
+        carry, outs = jax.lax.scan(body, carry, jnp.arange(n_full))
         rest = slice(n_full * bs, n)
         x_rest, y_rest = x[rest], y[rest]
     else:
 
         def body(c, idx):
-            return fn(c, x[idx], y[idx]), None
+            return split(fn(c, x[idx], y[idx]))
 
-        carry, _ = jax.lax.scan(body, carry, order[: n_full * bs].reshape(n_full, bs))
+        carry, outs = jax.lax.scan(body, carry, order[: n_full * bs].reshape(n_full, bs))
         idx = order[n_full * bs :]
         x_rest, y_rest = x[idx], y[idx]
     if n % bs and not drop_last:
-        return fn(carry, x_rest, y_rest), n_full + 1
-    return carry, n_full
+        carry, out = split(fn(carry, x_rest, y_rest))
+        if collect:
+            outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), outs, out)
+        return ((carry, outs) if collect else carry), n_full + 1
+    return ((carry, outs) if collect else carry), n_full
 
 
 def batch_mean(

@@ -63,6 +63,9 @@ class History:
       sharpness_epochs: epochs at which sharpness was measured.
       sharpness: name -> list of ``[G]`` arrays.
       diverged_epoch: ``[G]`` first non-finite epoch, -1 if none.
+      step_log: per-step per-filter statistics (``--filter-log-steps``):
+        ``step`` and ``epoch`` (ints), and ``filter_elr``, ... (``[G', n_filters]``
+        each, for the logged members ``members``).
     """
 
     epochs: list[int]
@@ -70,6 +73,7 @@ class History:
     sharpness_epochs: list[int]
     sharpness: dict[str, list[np.ndarray]]
     diverged_epoch: np.ndarray
+    step_log: dict[str, list] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def empty(cls, g: int, filter_groups: bool = False) -> History:
@@ -82,12 +86,14 @@ class History:
         keep = sum(e <= epoch for e in self.epochs)
         keep_s = sum(e <= epoch for e in self.sharpness_epochs)
         div = np.where(self.diverged_epoch > epoch, -1, self.diverged_epoch)
+        keep_l = sum(e <= epoch for e in self.step_log.get("epoch", []))
         return History(
             self.epochs[:keep],
             {k: v[:keep] for k, v in self.series.items()},
             self.sharpness_epochs[:keep_s],
             {k: v[:keep_s] for k, v in self.sharpness.items()},
             div,
+            {k: v[:keep_l] for k, v in self.step_log.items()},
         )
 
     def raw_arrays(self) -> dict[str, np.ndarray]:
@@ -99,6 +105,7 @@ class History:
         }
         for prefix, d in (("series/", self.series), ("sharpness/", self.sharpness)):
             out.update({prefix + k: np.stack(v, axis=1) for k, v in d.items() if v})
+        out.update({"steplog/" + k: np.asarray(v) for k, v in self.step_log.items() if v})
         return out
 
     @classmethod
@@ -112,6 +119,9 @@ class History:
             for k in d:
                 if prefix + k in raw:
                     d[k] = list(np.moveaxis(raw[prefix + k], 1, 0))
+        for k, v in raw.items():
+            if k.startswith("steplog/"):
+                h.step_log[k.removeprefix("steplog/")] = list(v)
         return h
 
     def arrays(self, n_si_params: int | None = None) -> dict[str, np.ndarray]:
@@ -137,6 +147,14 @@ class History:
             for k in TRACE_KEYS:
                 out[f"{k}_per_param"] = out[k] / np.float32(n_si_params)
         out["group_ess_spread"] = np.asarray(ess_spread(out["group_ess"]), np.float32)
+        if self.step_log.get("step"):
+            log = self.step_log
+            out["filter_log_step"] = np.asarray(log["step"], np.int64)
+            out["filter_log_member"] = np.asarray(log["members"][0], np.int64)
+            for k in FILTER_METRICS:
+                out[k.replace("filter_", "filter_log_")] = np.stack(log[k], axis=1).astype(
+                    np.float32
+                )
         out["diverged"] = self.diverged_epoch >= 0
         out["diverged_epoch"] = self.diverged_epoch.copy()
         return out
@@ -199,6 +217,8 @@ def train_grid(
     progress: bool = True,
     on_epoch: Callable[[int, GridState, History], None] | None = None,
     step_norms: Callable[[int], np.ndarray] | None = None,
+    log_steps: tuple[int, int] | None = None,
+    log_members: list[int] | None = None,
 ) -> tuple[GridState, History]:
     """Measures the start, then trains epochs ``start_epoch .. end_epoch - 1`` measuring after each.
 
@@ -220,12 +240,29 @@ def train_grid(
         (e.g. to checkpoint).
       step_norms: ``step_norms(epoch) -> [G]``: the effective gradient norm
         the random walk's steps take during ``epoch`` (counted from 1).
+      log_steps: ``(start, end)``: log the per-filter statistics of every step
+        in ``[start, end)`` (global step numbers) in ``history.step_log``.
+      log_members: the members to log (default: all).
 
     Returns:
       The final state and the history.
     """
     history = history or History.empty(state.size, trainer.filter_groups)
     subset = _sharpness_subset(data, sharpness.size)
+    n = data.x_train.shape[0]
+    bs = min(trainer.batch_size, n)
+    n_batches = n // bs + int(bool(n % bs) and not trainer.drop_last)
+    members = list(range(state.size)) if log_members is None else list(log_members)
+
+    def _log(history: History, steps: dict, first: int, epoch: int) -> None:
+        for j in range(steps["filter_elr"].shape[1]):
+            if log_steps[0] <= first + j < log_steps[1]:
+                log = history.step_log
+                log.setdefault("step", []).append(first + j)
+                log.setdefault("epoch", []).append(epoch)
+                log.setdefault("members", []).append(np.asarray(members))
+                for k in FILTER_METRICS:
+                    log.setdefault(k, []).append(np.asarray(steps[k][members, j]))
 
     def record(epoch, state, m, checked, *, start: bool = False) -> None:
         newly = ~finite_members(state, checked) & (history.diverged_epoch < 0)
@@ -255,7 +292,14 @@ def train_grid(
         for epoch in range(start_epoch, end_epoch):
             prev = state.params
             norm = None if step_norms is None else step_norms(epoch + 1)
-            state, train_m = trainer.train_epoch(state, data.x_train, data.y_train, epoch, norm)
+            first = int(state.step[0])
+            if log_steps and first < log_steps[1] and first + n_batches > log_steps[0]:
+                state, train_m = trainer.train_epoch_logged(
+                    state, data.x_train, data.y_train, epoch, norm
+                )
+                _log(history, jax.device_get(train_m.pop("steps")), first, epoch + 1)
+            else:
+                state, train_m = trainer.train_epoch(state, data.x_train, data.y_train, epoch, norm)
             eval_m = trainer.evaluate(state, data.x_train, data.y_train, data.x_test, data.y_test)
             cos = trainer.adjacent_cos(prev, state.params)
             m = jax.device_get({**train_m, **eval_m, "adjacent_cos": cos})

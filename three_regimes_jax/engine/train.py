@@ -137,13 +137,16 @@ def make_train_epoch(
     drop_last: bool = False,
     strategy: str = "vmap",
     filter_groups: bool = False,
+    log_steps: bool = False,
 ) -> Callable:
     """``train_epoch(state, x, y, epoch[, step_norm]) -> (state, metrics)`` over a whole grid.
 
     Epoch numbers start at 0.  ``step_norm`` ``[G]`` is the effective gradient
     norm each member's random-walk steps replicate (NaN or None: their own).
     Metrics are per-member means over the epoch's mini-batches (see
-    :func:`make_train_step`), each ``[G]`` or ``[G, n_groups]``.
+    :func:`make_train_step`), each ``[G]`` or ``[G, n_groups]``.  With
+    ``log_steps`` (and ``filter_groups``), ``metrics["steps"]`` also holds the
+    per-filter statistics of every step, ``{"filter_elr", ...}: [G, n_batches, n_filters]``.
     """
     step = make_train_step(model, si_mask, opt, filter_groups=filter_groups)
 
@@ -158,12 +161,21 @@ def make_train_epoch(
         def body(carry, xb, yb):
             ms, acc = carry
             ms, m = step(ms, xb, yb, step_norm)
-            return ms, jax.tree.map(jnp.add, acc, m)
+            carry = ms, jax.tree.map(jnp.add, acc, m)
+            if log_steps:
+                return carry, {
+                    k: m[k] for k in ("filter_elr", "filter_eff_grad_norm", "filter_ess")
+                }
+            return carry
 
-        (ms, acc), n_batches = scan_batches(
-            body, (ms, zeros), x, y, batch_size, order=perm, drop_last=drop_last
+        result, n_batches = scan_batches(
+            body, (ms, zeros), x, y, batch_size, order=perm, drop_last=drop_last, collect=log_steps
         )
-        return ms, jax.tree.map(lambda a: a / n_batches, acc)
+        (ms, acc), per_step = result if log_steps else (result, None)
+        means = jax.tree.map(lambda a: a / n_batches, acc)
+        if log_steps:
+            means["steps"] = per_step
+        return ms, means
 
     grid_epoch = over_members(member_epoch, strategy)
 

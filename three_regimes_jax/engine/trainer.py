@@ -97,6 +97,9 @@ class GridTrainer:
             make_recompute_bn(model, batch_size=self.eval_batch_size, strategy=s), precision
         )
         self.adjacent_cos = self._jit(make_adjacent_cos(si_mask), precision)
+        self.drop_last = drop_last
+        self._epoch_args = dict(batch_size=self.batch_size, drop_last=drop_last, strategy=s)
+        self._train_epoch_log: Callable | None = None
         self._sharpness: dict[tuple[int, int, int], Callable] = {}
 
     @staticmethod
@@ -154,6 +157,31 @@ class GridTrainer:
             step_norm = jnp.full(state.step.shape, jnp.nan, jnp.float32)
         step_norm = jnp.asarray(step_norm, jnp.float32)
         return self.train_epoch_fn(state, x, y, jnp.asarray(epoch, jnp.uint32), step_norm)
+
+    def train_epoch_logged(
+        self, state: GridState, x: jax.Array, y: jax.Array, epoch: int, step_norm=None
+    ):
+        """:meth:`train_epoch` that also returns every step's per-filter statistics.
+
+        Compiled on first use; ``metrics["steps"]`` holds ``filter_elr``,
+        ``filter_eff_grad_norm``, ``filter_ess`` of shape ``[G, n_batches, n_filters]``.
+        """
+        if self._train_epoch_log is None:
+            self._train_epoch_log = self._jit(
+                make_train_epoch(
+                    self.model,
+                    self.si_mask,
+                    self.optimizer,
+                    filter_groups=True,
+                    log_steps=True,
+                    **self._epoch_args,
+                ),
+                self.precision,
+            )
+        if step_norm is None:
+            step_norm = jnp.full(state.step.shape, jnp.nan, jnp.float32)
+        step_norm = jnp.asarray(step_norm, jnp.float32)
+        return self._train_epoch_log(state, x, y, jnp.asarray(epoch, jnp.uint32), step_norm)
 
     def sharpness(
         self,

@@ -327,6 +327,17 @@ def run_grid(
             return walk_norms[:, int(np.flatnonzero(walk_epochs == epoch)[0])]
 
     m = config.measure
+    log_members = None
+    if m.filter_log_elrs:
+        elrs = np.asarray(member_info["elr"])
+        log_members = [
+            i for i, e in enumerate(elrs) if np.isclose(e, m.filter_log_elrs, rtol=1e-6).any()
+        ]
+        if not log_members:
+            raise UserError(
+                f"--filter-log-elrs {','.join(f'{e:g}' for e in m.filter_log_elrs)} names no "
+                f"member; the grid's ELRs are {', '.join(f'{e:g}' for e in dict.fromkeys(elrs))}"
+            )
     t0 = time.perf_counter()
     state, history = train_grid(
         trainer,
@@ -341,6 +352,8 @@ def run_grid(
         progress=progress,
         on_epoch=on_epoch,
         step_norms=step_norms,
+        log_steps=tuple(m.filter_log_steps) or None,
+        log_members=log_members,
     )
     seconds = time.perf_counter() - t0
     if ckpt is not None:
