@@ -13,6 +13,7 @@ groups        results dirs with per-group statistics      ``groups`` (one run) o
                                                           ``groups_<dir>`` (one per run)
 filters       results dirs with per-filter statistics     ``filters`` (one run) or
               (``--filter-groups``)                       ``filters_<dir>`` (one per run)
+sharpness     results dirs with ``--sharpness-every``     ``sharpness`` (Figs. 9, 10)
 lc            interpolate ``.npz`` files                  ``lc``
 randomwalk    a results dir with ``random_walk`` true     ``randomwalk``
 toy           toy dirs (``DIR/toy.npz``)                  ``toy_loss``, ``toy_group_elr``
@@ -44,11 +45,22 @@ from plotting import toy as toy_plots
 from plotting.common import FORMATS, MemberSpec, Run, as_runs, render, select_members
 from plotting.connectivity import is_interpolate_file, lc
 from plotting.filters import filters, has_filters
+from plotting.sharpness import has_sharpness, sharpness
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import atomic_write, check_writable
 
 #: Figure kinds, in the order ``all`` renders them.
-KINDS = ("overview", "diagram", "scatter", "groups", "filters", "lc", "randomwalk", "toy")
+KINDS = (
+    "overview",
+    "diagram",
+    "scatter",
+    "groups",
+    "filters",
+    "sharpness",
+    "lc",
+    "randomwalk",
+    "toy",
+)
 
 _TOY_KEYS = ("loss", "group_elr", "elr")
 
@@ -128,6 +140,10 @@ def _why_not(kind: str, inp: Inputs) -> str | None:
         if not any(has_filters(r) for r in inp.runs):
             return "--kind filters needs per-filter statistics (a run made with --filter-groups)"
         return None
+    if kind == "sharpness":
+        if not any(has_sharpness(r) for r in inp.runs):
+            return "--kind sharpness needs a results directory made with --sharpness-every"
+        return None
     if kind == "lc":
         return None if inp.lc_files else "--kind lc needs a `three-regimes interpolate` .npz file"
     if kind == "randomwalk":
@@ -189,6 +205,8 @@ def build_figures(
                 rs = hits
             for r, sfx in zip(rs, _suffixes([r.label for r in rs]), strict=True):
                 out.append((f"{kind}{sfx}", draw(r, member=member)))
+        elif kind == "sharpness":
+            out.append(("sharpness", sharpness(inp.runs)))
         elif kind == "lc":
             out.append(("lc", lc(inp.lc_files)))
         elif kind == "randomwalk":

@@ -647,3 +647,31 @@ def test_run_plot_filters_kind(new_inputs, inputs, tmp_path):
 
     inp = sort_inputs([new_inputs["sweep"], inputs["sweep"]])
     assert [n for n, _ in build_figures(inp, ["filters"], member="1e-3")] == ["filters"]
+
+
+def test_sharpness_figure_plots_measures_at_the_sharpness_epochs(tmp_path):
+    from plotting.sharpness import PANELS, has_sharpness, sharpness
+    from three_regimes_jax.storage.results import write_results
+
+    g, epochs = 2, np.arange(5)
+    m = {"elr": np.array([1e-3, 1.0]), "seed": np.zeros(g, np.int64), "epoch": epochs}
+    for k in ("train_loss", "test_acc", "eff_grad_norm", "si_norm"):
+        m[k] = np.tile(np.linspace(2.0, 1.0, 5), (g, 1))
+    m["sharpness_epoch"] = np.array([0, 2, 4])
+    for k in ("grad_cov_trace", "fim_trace", "hessian_top_eig"):
+        m[k] = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])
+    cfg = {"format_version": 2, "kind": "sweep", "model": {"name": "mlp_si"}}
+    write_results(tmp_path / "r", cfg, m, {"members": []})
+    no_sharp = {**m, "sharpness_epoch": np.zeros(0, np.int64)}
+    write_results(tmp_path / "n", cfg, no_sharp, {"members": []})
+    run = plotting.common.as_runs([tmp_path / "r"])[0]
+    assert has_sharpness(run) and not has_sharpness(plotting.common.as_runs([tmp_path / "n"])[0])
+    fig = sharpness([tmp_path / "r"])
+    axes = fig.axes[:3]
+    assert [ax.get_xlabel() for ax in axes] == [p[2] for p in PANELS]
+    x, y = axes[1].lines[2].get_data()  # member 1: its trajectory (after member 0's two lines)
+    np.testing.assert_allclose(x, [10.0, 20.0, 30.0])  # FIM trace at epochs 0, 2, 4
+    np.testing.assert_allclose(y, m["train_loss"][1, [0, 2, 4]])  # the loss at the same epochs
+    with pytest.raises(UserError, match="--sharpness-every"):
+        plotting.run_plot([tmp_path / "n"], kind="sharpness", out=tmp_path / "f")
+    assert not (tmp_path / "f").exists()

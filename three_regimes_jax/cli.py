@@ -355,7 +355,7 @@ def _add_plot(sub) -> None:
     p.add_argument(
         "--kind",
         default="all",
-        help="overview, diagram, scatter, groups, filters, lc, randomwalk, toy or all (default)",
+        help="overview, diagram, scatter, groups, filters, sharpness, lc, randomwalk, toy or all",
     )
     p.add_argument("--out", help="figure directory (default: DIR/figures of the first input)")
     p.add_argument(
