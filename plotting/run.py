@@ -13,6 +13,7 @@ groups        results dirs with per-group statistics      ``groups`` (one run) o
                                                           ``groups_<dir>`` (one per run)
 filters       results dirs with per-filter statistics     ``filters`` (one run) or
               (``--filter-groups``)                       ``filters_<dir>`` (one per run)
+filtersteps   results dirs with ``--filter-log-steps``     ``filtersteps`` (Fig. 20; one per run)
 sharpness     results dirs with ``--sharpness-every``     ``sharpness`` (Figs. 9, 10)
 lc            interpolate ``.npz`` files                  ``lc``
 randomwalk    a results dir with ``random_walk`` true     ``randomwalk``
@@ -46,6 +47,7 @@ from plotting.common import FORMATS, MemberSpec, Run, as_runs, render, select_me
 from plotting.connectivity import is_interpolate_file, lc
 from plotting.filters import filters, has_filters
 from plotting.sharpness import has_sharpness, sharpness
+from plotting.steps import filter_steps, has_filter_steps
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import atomic_write, check_writable
 
@@ -56,6 +58,7 @@ KINDS = (
     "scatter",
     "groups",
     "filters",
+    "filtersteps",
     "sharpness",
     "lc",
     "randomwalk",
@@ -140,6 +143,10 @@ def _why_not(kind: str, inp: Inputs) -> str | None:
         if not any(has_filters(r) for r in inp.runs):
             return "--kind filters needs per-filter statistics (a run made with --filter-groups)"
         return None
+    if kind == "filtersteps":
+        if not any(has_filter_steps(r) for r in inp.runs):
+            return "--kind filtersteps needs a results directory made with --filter-log-steps"
+        return None
     if kind == "sharpness":
         if not any(has_sharpness(r) for r in inp.runs):
             return "--kind sharpness needs a results directory made with --sharpness-every"
@@ -205,6 +212,10 @@ def build_figures(
                 rs = hits
             for r, sfx in zip(rs, _suffixes([r.label for r in rs]), strict=True):
                 out.append((f"{kind}{sfx}", draw(r, member=member)))
+        elif kind == "filtersteps":
+            rs = [r for r in inp.runs if has_filter_steps(r)]
+            for r, sfx in zip(rs, _suffixes([r.label for r in rs]), strict=True):
+                out.append((f"filtersteps{sfx}", filter_steps(r, member=member)))
         elif kind == "sharpness":
             out.append(("sharpness", sharpness(inp.runs)))
         elif kind == "lc":

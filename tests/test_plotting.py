@@ -675,3 +675,26 @@ def test_sharpness_figure_plots_measures_at_the_sharpness_epochs(tmp_path):
     with pytest.raises(UserError, match="--sharpness-every"):
         plotting.run_plot([tmp_path / "n"], kind="sharpness", out=tmp_path / "f")
     assert not (tmp_path / "f").exists()
+
+
+def test_filtersteps_figure_draws_every_logged_filter(tmp_path):
+    from plotting.steps import filter_steps
+    from three_regimes_jax.storage.results import write_results
+
+    m = {"elr": np.array([1e-3, 1e-2]), "seed": np.zeros(2, np.int64), "epoch": np.arange(3)}
+    for k in ("train_loss", "test_acc", "eff_grad_norm", "si_norm"):
+        m[k] = np.ones((2, 3))
+    m["filter_log_step"] = np.array([10, 11, 12, 13])
+    m["filter_log_member"] = np.array([1])
+    m["filter_group"] = np.array([0, 0, 1])
+    for i, k in enumerate(("filter_log_elr", "filter_log_eff_grad_norm", "filter_log_ess")):
+        m[k] = np.full((1, 4, 3), i + 1.0)
+    cfg = {"format_version": 2, "kind": "sweep", "model": {"name": "mlp_si"}}
+    write_results(tmp_path / "r", cfg, m, {"members": []})
+    fig = filter_steps(tmp_path / "r")
+    assert [len(ax.lines) for ax in fig.axes[:3]] == [3, 3, 3]  # one line per filter
+    x, y = fig.axes[1].lines[0].get_data()
+    assert x.tolist() == [10, 11, 12, 13] and y.tolist() == [1.0] * 4  # the ELR panel
+    assert "ELR 0.01" in fig.get_suptitle()
+    with pytest.raises(UserError, match="was not logged"):
+        filter_steps(tmp_path / "r", member="1e-3")

@@ -355,7 +355,8 @@ def _add_plot(sub) -> None:
     p.add_argument(
         "--kind",
         default="all",
-        help="overview, diagram, scatter, groups, filters, sharpness, lc, randomwalk, toy or all",
+        help="overview, diagram, scatter, groups, filters, filtersteps, sharpness, lc, "
+        "randomwalk, toy or all (default)",
     )
     p.add_argument("--out", help="figure directory (default: DIR/figures of the first input)")
     p.add_argument(
