@@ -321,6 +321,11 @@ def group_stats(params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array) -
     g_leaves = _si_leaves(grads, si_mask)
     rho_sq = jnp.stack([jnp.sum(jnp.square(p.astype(jnp.float32))) for p in p_leaves])
     grad_sq = jnp.stack([jnp.sum(jnp.square(g.astype(jnp.float32))) for g in g_leaves])
+    return _stats(rho_sq, grad_sq, lr)
+
+
+def _stats(rho_sq: jax.Array, grad_sq: jax.Array, lr: jax.Array) -> GroupStats:
+    """:class:`GroupStats` from each group's squared weight and gradient norms."""
     lr = jnp.asarray(lr, jnp.float32)
     rho = jnp.sqrt(rho_sq)
     elr = lr / rho_sq
@@ -358,22 +363,7 @@ def filter_stats(params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array) 
 
     rho_sq = jnp.concatenate([per_filter(p) for p in p_leaves])
     grad_sq = jnp.concatenate([per_filter(g) for g in g_leaves])
-    lr = jnp.asarray(lr, jnp.float32)
-    elr = lr / rho_sq
-    eff = jnp.sqrt(grad_sq) * jnp.sqrt(rho_sq)
-    total_rho = jnp.sqrt(jnp.sum(rho_sq))
-    total_elr = lr / jnp.sum(rho_sq)
-    total_eff = jnp.sqrt(jnp.sum(grad_sq)) * total_rho
-    return GroupStats(
-        rho=jnp.sqrt(rho_sq),
-        elr=elr,
-        eff_grad_norm=eff,
-        ess=elr * eff,
-        total_rho=total_rho,
-        total_elr=total_elr,
-        total_eff_grad_norm=total_eff,
-        total_ess=total_elr * total_eff,
-    )
+    return _stats(rho_sq, grad_sq, lr)
 
 
 def filter_groups_of(params: PyTree, si_mask: PyTree) -> np.ndarray:
