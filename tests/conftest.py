@@ -90,3 +90,7 @@ def trainers(tiny_mlp):
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+# The plotting tests' synthetic results (session fixtures ``inputs`` and ``new_inputs``).
+from plot_data import inputs, new_inputs  # noqa: E402, F401

@@ -292,7 +292,7 @@ def train_grid(
         for epoch in range(start_epoch, end_epoch):
             prev = state.params
             norm = None if step_norms is None else step_norms(epoch + 1)
-            first = int(state.step[0])
+            first = int(state.step[0]) if log_steps else 0  # a host sync only when logging
             if log_steps and first < log_steps[1] and first + n_batches > log_steps[0]:
                 state, train_m = trainer.train_epoch_logged(
                     state, data.x_train, data.y_train, epoch, norm

@@ -34,6 +34,13 @@ def _with_precision(fn: Callable, precision: str) -> Callable:
     return wrapped
 
 
+def _step_norm_arg(state: GridState, step_norm) -> jax.Array:
+    """``[G]`` float32 random-walk step norms; NaN (each member's own) when None."""
+    if step_norm is None:
+        return jnp.full(state.step.shape, jnp.nan, jnp.float32)
+    return jnp.asarray(step_norm, jnp.float32)
+
+
 class GridTrainer:
     """The jitted grid functions of one model (built by the ``make_*`` factories).
 
@@ -153,9 +160,7 @@ class GridTrainer:
         ``step_norm`` ``[G]``: the random walk's effective step norms (see
         :func:`~three_regimes_jax.engine.train.make_train_epoch`).
         """
-        if step_norm is None:
-            step_norm = jnp.full(state.step.shape, jnp.nan, jnp.float32)
-        step_norm = jnp.asarray(step_norm, jnp.float32)
+        step_norm = _step_norm_arg(state, step_norm)
         return self.train_epoch_fn(state, x, y, jnp.asarray(epoch, jnp.uint32), step_norm)
 
     def train_epoch_logged(
@@ -178,9 +183,7 @@ class GridTrainer:
                 ),
                 self.precision,
             )
-        if step_norm is None:
-            step_norm = jnp.full(state.step.shape, jnp.nan, jnp.float32)
-        step_norm = jnp.asarray(step_norm, jnp.float32)
+        step_norm = _step_norm_arg(state, step_norm)
         return self._train_epoch_log(state, x, y, jnp.asarray(epoch, jnp.uint32), step_norm)
 
     def sharpness(
