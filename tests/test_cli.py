@@ -25,6 +25,8 @@ def sweep_dir(tmp_path_factory):
 
 def test_sweep_writes_documented_results(sweep_dir, capsys):
     assert sorted(p.name for p in sweep_dir.iterdir()) == [
+        ".three-regimes.json",
+        "MANIFEST.sha256",
         "config.json",
         "metrics.npz",
         "summary.json",
@@ -135,7 +137,7 @@ def test_nonempty_foreign_dir_refused_unless_overwrite(tmp_path, capsys):
     argv = ["sweep", *TINY, "--elrs", "1e-3,1e-1,1e38", "--seeds", "0,1", "--epochs", "1"]
     argv += ["--quiet", "--out", str(out)]  # sweep_dir's grid: its compiled programs
     assert main(argv) == 2
-    assert "holds no run" in capsys.readouterr().err
+    assert "not written by three-regimes" in capsys.readouterr().err
     assert main([*argv, "--overwrite"]) == 0
     assert (out / "metrics.npz").exists() and (out / "notes.txt").exists()
 

@@ -91,7 +91,7 @@ def test_finetune_errors(source, tmp_path, capsys):
         run_finetune(cfg, progress=False)
     with pytest.raises(UserError, match="no checkpoint for epoch 3"):
         finetune_config(source, epoch=3, elrs=(1e-3,), epochs=1)
-    with pytest.raises(UserError, match="is the source run itself"):
+    with pytest.raises(UserError, match="overlaps .* which this run reads"):
         run_finetune(finetune_config(source, elrs=(1e-3,), epochs=1), out=source, overwrite=True)
     assert available_epochs(source) == [0, 2, 4]
     argv = ["finetune", "--from", str(tmp_path), "--elrs", "1e-3", "--epochs", "1"]

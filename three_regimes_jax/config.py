@@ -239,7 +239,7 @@ class Config:
                 f"config format_version {version} is newer than this installation's "
                 f"({CONFIG_VERSION}); upgrade three_regimes_jax"
             )
-        unknown = sorted(set(d) - set(SECTIONS) - {"kind", "format_version"})
+        unknown = sorted(set(d) - set(SECTIONS) - {"kind", "format_version", "results_format"})
         if unknown:
             raise UserError(f"config: unknown section(s) {', '.join(unknown)}")
         sections = {
@@ -251,7 +251,7 @@ class Config:
 
 
 # Flat keys of format-1 sweep configs that are not fields (written for information).
-_V1_EXTRA = {"kind", "format_version"}
+_V1_EXTRA = {"kind", "format_version", "results_format"}
 # Format-1 fine-tune keys -> flat names.
 _V1_FINETUNE = {
     "source": "source",

@@ -21,7 +21,13 @@ from the meta is the studies layer's job.
 Saving is synchronous (no background thread; a save is complete on return)
 and atomic: Orbax writes ``<E>.orbax-checkpoint-tmp-<time>`` and renames it,
 so an interrupted save leaves only a temporary directory, which
-:func:`available_epochs` never lists (and the next save removes).
+:func:`available_epochs` never lists (and the next save removes).  After
+Orbax's rename, ``<E>/MANIFEST.sha256`` lists the SHA-256 of every file of the
+step (:mod:`~three_regimes_jax.storage.integrity`); every read verifies it
+first, so a changed, truncated or missing file is one clear error, never a
+restored NaN.  A step of meta format 2 without its manifest was interrupted
+between the two writes: :func:`complete_epochs` leaves it out and reading it
+is an error.  Steps of format 1 (written before manifests) are read unverified.
 
 Errors are :class:`~three_regimes_jax.errors.UserError` (one line, how to fix)
 and loading writes nothing.  Orbax's own log lines are silenced while it runs
@@ -31,7 +37,9 @@ and loading writes nothing.  Orbax's own log lines are silenced while it runs
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,82 +48,23 @@ from typing import Any
 import jax
 import numpy as np
 
-from three_regimes_jax.config import Config
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.storage.orbax_errors import (
-    drop_closed_loop_errors,
-    orbax_failure,
-    quiet_orbax,
-    unreadable,
+from three_regimes_jax.storage.checkpoint_read import (
+    CHECKPOINTS,
+    META_FORMAT_VERSION,
+    META_KEYS,
+    _ocp,
+    available_epochs,
+    checkpoint_dir,
+    complete_epochs,
+    latest_epoch,
+    load_checkpoint,
+    read_meta,
 )
+from three_regimes_jax.storage.integrity import write_manifest
+from three_regimes_jax.storage.orbax_errors import quiet_orbax
 from three_regimes_jax.storage.schedule import nonneg_int
-from three_regimes_jax.storage.trees import config_difference, leaves, path_str, tree_difference
-
-CHECKPOINTS = "checkpoints"
-META_FORMAT_VERSION = 1
-META_KEYS = (
-    "format_version",
-    "config",
-    "epoch",
-    "members",
-    "elr",
-    "seed",
-    "step",
-    "num_classes",
-    "input_shape",
-)
-# ModelConfig fields that fix a model's parameter shapes, per model; other
-# models compare all of _GENERIC_FIELDS.  The model's name, the dataset (input
-# shape, classes) and train_last_layer are always compared.
-# Files every saved step must have (relative to the step directory).
-_REQUIRED_FILES = ("meta/metadata", "state/_METADATA")
-
-
-def _ocp():
-    """Imports Orbax lazily (it adds ~0.25 s to the CLI's start-up)."""
-    import orbax.checkpoint as ocp
-
-    return ocp
-
-
-# --------------------------------------------------------------------------- listing
-
-
-def checkpoint_dir(directory: str | Path) -> Path:
-    """The checkpoints directory of ``directory``.
-
-    Args:
-      directory: a results directory (holding ``checkpoints/``) or a
-        checkpoints directory itself.
-
-    Returns:
-      ``directory/checkpoints`` if it exists, else ``directory`` (absolute:
-      Orbax refuses relative paths).
-    """
-    directory = Path(directory).absolute()
-    sub = directory / CHECKPOINTS
-    return sub if sub.is_dir() else directory
-
-
-def _epochs_in(ckdir: Path) -> list[int]:
-    if not ckdir.is_dir():
-        return []
-    # Orbax's temporary directories ("7.orbax-checkpoint-tmp-<time>") are not
-    # all digits and so never listed.
-    names = (p.name for p in ckdir.iterdir() if p.is_dir())
-    return sorted(int(n) for n in names if n.isascii() and n.isdigit())
-
-
-def available_epochs(directory: str | Path) -> list[int]:
-    """Saved epochs in ``directory`` (results or checkpoints dir), sorted; [] if none."""
-    return _epochs_in(checkpoint_dir(directory))
-
-
-def latest_epoch(directory: str | Path) -> int | None:
-    """The last saved epoch in ``directory``, or None if there is none."""
-    epochs = available_epochs(directory)
-    return epochs[-1] if epochs else None
-
+from three_regimes_jax.storage.trees import config_difference
 
 # --------------------------------------------------------------------------- saving
 
@@ -253,10 +202,16 @@ class GridCheckpointer:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(full_meta)
         )
-        with quiet_orbax():
-            manager.reload()  # the step list may have changed (overwrite, other tools)
-            manager.save(epoch, args=args, force=True)
-            manager.wait_until_finished()
+        try:
+            with quiet_orbax():
+                manager.reload()  # the step list may have changed (overwrite, other tools)
+                manager.save(epoch, args=args, force=True)
+                manager.wait_until_finished()
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Orbax wraps OS errors of its writers
+            raise _as_os_error(e, path) from None
+        write_manifest(path)
         return path
 
     def close(self) -> None:
@@ -273,154 +228,23 @@ class GridCheckpointer:
         self.close()
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _reader():
-    """An Orbax Checkpointer reading one step's ``state`` and ``meta`` (writes nothing)."""
-    drop_closed_loop_errors()
-    ocp = _ocp()
-    handler = ocp.CompositeCheckpointHandler(
-        state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()
-    )
-    return ocp.Checkpointer(handler)
-
-
-def _find_epoch(directory: str | Path, epoch: int | None) -> tuple[Path, int]:
-    ckdir = checkpoint_dir(directory)
-    epochs = _epochs_in(ckdir)
-    if not epochs:
-        raise UserError(
-            f"no checkpoints in {directory}; pass the results directory of a run "
-            "saved with checkpoints"
-        )
-    if epoch is None:
-        return ckdir, epochs[-1]
-    epoch = nonneg_int(epoch, "the checkpoint epoch")
-    if epoch not in epochs:
-        listed = ", ".join(map(str, epochs))
-        raise UserError(f"no checkpoint for epoch {epoch} in {ckdir}; available: {listed}")
-    return ckdir, epoch
-
-
-def read_meta(directory: str | Path, epoch: int | None = None) -> dict[str, Any]:
-    """The JSON meta of a checkpoint (``epoch`` None: the latest), without its arrays.
-
-    Raises:
-      UserError: no such checkpoint, or it is unreadable.
-    """
-    ckdir, epoch = _find_epoch(directory, epoch)
-    return _read_meta(ckdir, epoch)
-
-
-def _read_meta(ckdir: Path, epoch: int) -> dict[str, Any]:
-    path = ckdir / str(epoch)
-    for f in _REQUIRED_FILES:
-        if not (path / f).is_file():
-            raise unreadable(epoch, ckdir, f"missing {f}")
-    ocp = _ocp()
-    args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-    try:
-        with quiet_orbax():
-            meta = _reader().restore(path, args=args)["meta"]
-    except Exception as e:  # noqa: BLE001 - any Orbax/JSON failure means unreadable
-        raise orbax_failure(epoch, ckdir, e) from None
-    missing = [k for k in META_KEYS if not isinstance(meta, dict) or k not in meta]
-    if missing:
-        raise unreadable(epoch, ckdir, f"meta lacks {', '.join(missing)}")
-    return meta
-
-
-def _saved_leaves(ckdir: Path, epoch: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Leaf path -> (shape, dtype) of the saved state, from Orbax's metadata."""
-    try:
-        with quiet_orbax():
-            md = _reader().metadata(ckdir / str(epoch))
-        tree = md.item_metadata["state"]
-        tree = getattr(tree, "tree", tree)
-        if tree is None:
-            raise ValueError("no state metadata")
-        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {path_str(p): (tuple(m.shape), str(np.dtype(m.dtype))) for p, m in flat}
-    except Exception as e:  # noqa: BLE001 - any Orbax failure means unreadable
-        raise orbax_failure(epoch, ckdir, e) from None
-
-
-def _restore_target(template: Any) -> Any:
-    """``ShapeDtypeStruct``s with the template's sharding (default device if it has none)."""
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def one(x):
-        sharding = getattr(x, "sharding", None)
-        if not isinstance(sharding, jax.sharding.Sharding):
-            sharding = default
-        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
-
-    return jax.tree.map(one, template)
-
-
-def load_checkpoint(
-    directory: str | Path,
-    epoch: int | None = None,
-    *,
-    template: Any,
-    config: Mapping[str, Any] | Config | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Restores a saved grid and its meta.
-
-    Args:
-      directory: a results directory (holding ``checkpoints/``) or the
-        checkpoints directory itself.
-      epoch: the epoch to load; None: the latest.
-      template: a pytree of arrays or ``jax.ShapeDtypeStruct`` (e.g. a
-        ``GridState``) fixing the structure, dtypes and sharding to restore
-        into (the default device for leaves without a sharding).
-      config: the config (dict or :class:`Config`) the caller expects the
-        checkpoint to match in model and dataset.
-
-    Returns:
-      ``(state, meta)``: the state in the template's structure, bit-for-bit as
-      saved, and the JSON meta (see module docstring).
-
-    Raises:
-      UserError: no checkpoints or no such epoch (lists the available ones);
-        the checkpoint is of another model or grid than ``template``/``config``
-        (names the first differing field or leaf); it is unreadable.
-    """
-    ckdir, epoch = _find_epoch(directory, epoch)
-    meta = _read_meta(ckdir, epoch)
-    if config is not None:
-        diff = config_difference(meta["config"], config)
-        if diff:
-            raise UserError(
-                f"checkpoint at epoch {epoch} in {ckdir} is of a different model: {diff}; "
-                "use a matching config or another checkpoint"
-            )
-    diff = tree_difference(_saved_leaves(ckdir, epoch), leaves(template))
-    if diff:
-        raise UserError(
-            f"checkpoint at epoch {epoch} in {ckdir} does not match the template: {diff}; "
-            "load it with a matching model and grid"
-        )
-    ocp = _ocp()
-    target = _restore_target(template)
-    try:
-        with quiet_orbax():
-            restored = _reader().restore(
-                ckdir / str(epoch),
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
-            )
-    except Exception as e:  # noqa: BLE001
-        raise orbax_failure(epoch, ckdir, e) from None
-    return restored["state"], meta
+def _as_os_error(e: Exception, path: Path) -> Exception:
+    """An OSError for an Orbax/TensorStore write failure caused by the OS, else ``e``."""
+    text = str(e)
+    for code, words in ((errno.ENOSPC, "No space left"), (errno.EDQUOT, "quota exceeded")):
+        if words in text:
+            return OSError(code, os.strerror(code), str(path))
+    return e
 
 
 __all__ = [
     "CHECKPOINTS",
+    "META_FORMAT_VERSION",
     "META_KEYS",
     "GridCheckpointer",
     "available_epochs",
     "checkpoint_dir",
+    "complete_epochs",
     "config_difference",
     "latest_epoch",
     "load_checkpoint",

@@ -16,19 +16,25 @@ A results directory ``DIR`` holds:
   NaN from its first non-finite epoch on.
 - ``DIR/summary.json``: final values per member (``members`` list) and run
   facts (wall time, strategy, backend).
+- ``DIR/MANIFEST.sha256``: the SHA-256 of ``metrics.npz`` and
+  ``summary.json`` (:mod:`~three_regimes_jax.storage.integrity`), written
+  after them and before ``config.json``; ``config.json`` has
+  ``"results_format": 2``.  Directories of results format 1 (no manifest) are
+  read unverified.
 
 Every file is written atomically (temporary file in ``DIR``, then
-``os.replace``), so an interrupted run never leaves a partial file.
+``os.replace``), and ``config.json`` last, so a directory with a
+``config.json`` has complete, checksummed results beside it.
+:func:`load_results` verifies the checksums and validates the arrays'
+names, shapes and dtypes against the config, so damaged results are one
+clear error, never a plot of garbage.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +42,32 @@ import numpy as np
 
 from three_regimes_jax.config import Config
 from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.files import (  # re-exported: results' writers
+    atomic_write as atomic_write,
+)
+from three_regimes_jax.storage.files import npz_bytes as npz_bytes
+from three_regimes_jax.storage.files import write_json as write_json
+from three_regimes_jax.storage.files import write_npz as write_npz
+from three_regimes_jax.storage.integrity import MANIFEST, verify_manifest, write_manifest
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: MANIFEST.sha256 beside the data
 FILES = ("config.json", "metrics.npz", "summary.json")
+CERTIFIED = ("metrics.npz", "summary.json")  # listed in the manifest
+# Arrays every results directory has, and arrays checked when present:
+# name -> (dims, dtype kinds), dims "G" (members) and "T" (epochs), kinds as
+# numpy's ``dtype.kind``.
+REQUIRED_ARRAYS = {
+    "elr": ("G", "f"),
+    "seed": ("G", "iu"),
+    "epoch": ("T", "iu"),
+    "train_loss": ("GT", "f"),
+}
+CHECKED_ARRAYS = {
+    **REQUIRED_ARRAYS,
+    **{k: ("GT", "f") for k in ("train_acc", "test_loss", "test_acc", "eff_grad_norm")},
+    "diverged": ("G", "b"),
+    "diverged_epoch": ("G", "iu"),
+}
 
 
 @dataclasses.dataclass
@@ -65,54 +94,6 @@ class Results:
     def table(self) -> str:
         """Plain-text table, one row per member: final losses, test error, eff. grad norm."""
         return format_table(self.summary["members"])
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically: a temporary file beside it, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2, allow_nan=True) + "\n").encode()
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Atomically writes ``obj`` as indented JSON."""
-    atomic_write(path, _json_bytes(obj))
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """A compressed ``.npz`` whose bytes depend only on the arrays.
-
-    ``np.savez`` stamps each zip entry with the current time, so two runs with
-    equal arrays give different files; here every entry has a fixed timestamp,
-    so equal results give byte-identical files (e.g. a resumed run).
-    """
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for name, value in arrays.items():
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-    return buf.getvalue()
-
-
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically writes a deterministic compressed ``.npz`` (see :func:`npz_bytes`)."""
-    atomic_write(path, npz_bytes(arrays))
 
 
 def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -212,10 +193,68 @@ def write_results(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_npz(out / "metrics.npz", metrics)
-    write_json(out / "summary.json", summary)
-    write_json(out / "config.json", config)
+    # An earlier run's config.json and manifest go first, so no moment shows
+    # a config beside results that are not its own.
+    for name in ("config.json", MANIFEST):
+        (out / name).unlink(missing_ok=True)
+    try:
+        write_npz(out / "metrics.npz", metrics)
+        write_json(out / "summary.json", summary)
+        write_manifest(out, CERTIFIED)
+        write_json(out / "config.json", {**config, "results_format": FORMAT_VERSION})
+    except BaseException:
+        for name in (*FILES, MANIFEST):
+            (out / name).unlink(missing_ok=True)
+        raise
     return out
+
+
+def validate_metrics(path: Path, config: dict[str, Any], metrics: dict[str, np.ndarray]) -> None:
+    """Checks the arrays of ``metrics.npz`` against each other and ``config.json``.
+
+    Raises:
+      UserError: a required array is missing or has the wrong rank, length or
+        dtype; or the grid size or last epoch disagree with the config.
+    """
+    where = f"{path / 'metrics.npz'}"
+    missing = [k for k in REQUIRED_ARRAYS if k not in metrics]
+    if missing:
+        raise UserError(f"{where} lacks the array(s) {', '.join(missing)}; recompute the run")
+    g, t = metrics["elr"].shape[:1], metrics["epoch"].shape[:1]
+    sizes = {"G": g[0] if g else -1, "T": t[0] if t else -1}
+    for name, (dims, kinds) in CHECKED_ARRAYS.items():
+        if name not in metrics:
+            continue
+        a = metrics[name]
+        want = tuple(sizes[d] for d in dims)
+        if a.shape != want or a.dtype.kind not in kinds:
+            raise UserError(
+                f"{where}: array {name} has shape {a.shape} and dtype {a.dtype}, expected "
+                f"shape {want} ({'x'.join(dims)}) of kind {kinds!r}; recompute the run"
+            )
+    if sizes["G"] < 1 or sizes["T"] < 1:
+        raise UserError(f"{where} holds no members or no epochs; recompute the run")
+    train = config.get("train")
+    if not isinstance(train, dict) or "epochs" not in train:
+        return  # a hand-made or format-1 config: nothing to compare with
+    try:
+        cfg = Config.from_dict(config)
+    except UserError as e:
+        raise UserError(f"{path / 'config.json'} is not a valid config: {e}") from None
+    last = int(metrics["epoch"][-1])
+    if last != cfg.end_epoch:
+        raise UserError(
+            f"{where} ends at epoch {last} but config.json says {cfg.end_epoch}; the files "
+            "are from different runs: recompute the run"
+        )
+    if cfg.finetune is None:
+        t_cfg = cfg.train
+        n = len(t_cfg.elrs) * (len(t_cfg.seeds) if t_cfg.grid == "product" else 1)
+        if n != sizes["G"]:
+            raise UserError(
+                f"{where} has {sizes['G']} members but config.json describes {n}; the files "
+                "are from different runs: recompute the run"
+            )
 
 
 def load_results(path: str | os.PathLike) -> Results:
@@ -233,12 +272,32 @@ def load_results(path: str | os.PathLike) -> Results:
         )
     try:
         config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path / 'config.json'}: {_reason(e)}") from None
+    if not isinstance(config, dict):
+        raise UserError(
+            f"{path / 'config.json'} holds a JSON {type(config).__name__}, not a run's config; "
+            "recompute the run"
+        )
+    if config.get("results_format", 1) >= 2:
+        verify_manifest(path, f"the results in {path}")
+    try:
         summary = json.loads((path / "summary.json").read_text())
         with np.load(path / "metrics.npz", allow_pickle=False) as z:
             metrics = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read results in {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - zip, npy and JSON errors of damaged files
+        raise UserError(f"cannot read results in {path}: {_reason(e)}") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("members"), list):
+        raise UserError(f"{path / 'summary.json'} is not a run's summary; recompute the run")
+    validate_metrics(path, config, metrics)
     return Results(config=config, metrics=metrics, summary=summary)
+
+
+def _reason(e: BaseException) -> str:
+    """One short line for a read error."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -55,6 +55,7 @@ from three_regimes_jax.storage.checkpoint import (
 from three_regimes_jax.storage.results import Results
 from three_regimes_jax.studies.run import (
     check_out,
+    claim_run,
     load_data,
     make_trainer,
     run_grid,
@@ -162,9 +163,13 @@ def run_finetune(
     if ft is None:
         raise UserError("run_finetune needs a fine-tune Config (see finetune_config)")
     src_dir = Path(ft.source)
-    if out is not None and Path(out).absolute() == src_dir.absolute():
-        raise UserError(f"--out {out} is the source run itself; pick another directory")
     check_out(config, out, overwrite=overwrite, resume=False)
+    with claim_run(config, out, overwrite=overwrite, resume=False):
+        return _finetune(config, src_dir, out, overwrite, progress)
+
+
+def _finetune(config: Config, src_dir: Path, out, overwrite: bool, progress: bool) -> Results:
+    ft = config.finetune
     if not available_epochs(src_dir):
         raise UserError(f"--from {src_dir} has no checkpoints; pass a checkpointed run")
     meta = read_meta(src_dir, ft.epoch)

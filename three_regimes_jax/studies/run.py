@@ -18,6 +18,7 @@ checkpoint's meta, the abstract grid state to restore into
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Mapping
@@ -45,14 +46,18 @@ from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.checkpoint import (
     CHECKPOINTS,
     GridCheckpointer,
-    available_epochs,
+    complete_epochs,
     load_checkpoint,
-    read_meta,
+)
+from three_regimes_jax.storage.outdir import (
+    check_out_path,
+    check_owner,
+    claim,
+    overlaps,
+    read_owner,
 )
 from three_regimes_jax.storage.results import (
     Results,
-    check_out_dir,
-    check_writable,
     config_diff,
     load_results,
     write_npz,
@@ -151,41 +156,95 @@ def schedule_of(config: Config, out: str | Path | None) -> list[int]:
     )
 
 
+def reads_of(config: Config) -> list[str]:
+    """The directories a run reads, which its ``out`` must not overlap."""
+    paths = [config.train.random_walk_from]
+    if config.finetune is not None:
+        paths.append(config.finetune.source)
+    return [p for p in paths if p is not None]
+
+
 def check_out(
     config: Config, out: str | Path | None, *, overwrite: bool, resume: bool
 ) -> list[int]:
-    """Pre-flight checks of ``out`` (nothing is written); returns the checkpoint schedule."""
+    """Pre-flight checks of ``out`` (nothing is written); returns the checkpoint schedule.
+
+    Raises:
+      UserError: ``out`` is missing but needed, unusable, overlaps a path the
+        run reads, holds something else (:func:`~three_regimes_jax.storage.
+        outdir.check_owner`), or holds this run interrupted with resumable
+        checkpoints and neither ``resume`` nor ``overwrite`` is given; or
+        ``resume`` finds another run, no run, or a run without checkpoints.
+    """
     schedule = schedule_of(config, out)
     if (schedule or resume) and out is None:
         raise UserError("checkpointing and --resume need an output directory (--out DIR)")
     if out is None:
         return schedule
-    out = Path(out)
+    out = check_out_path(out)
+    for src in reads_of(config):
+        if overlaps(out, src):
+            raise UserError(f"--out {out} overlaps {src}, which this run reads; pick another --out")
     cfg = config.to_dict()
-    has_ckpts = bool(available_epochs(out)) if out.is_dir() else False
     if resume:
-        check_writable(out)
         if overwrite:
             raise UserError("--resume and --overwrite contradict each other; pass one of them")
-        if not has_ckpts:
+        owner = read_owner(out) if out.is_dir() else None
+        if owner is None or owner["command"] != config.kind:
             raise UserError(
-                f"nothing to resume in {out}: it has no checkpoints; run the sweep with "
-                "--checkpoint-every N or --checkpoint-log to make it resumable"
+                f"nothing to resume in {out}: it holds no interrupted {config.kind}; "
+                "run the command without --resume"
             )
-        diff = config_diff(read_meta(out)["config"], cfg)
+        diff = config_diff(owner.get("config"), cfg)
         if diff:
             raise UserError(
                 f"cannot resume {out} with another config (differs in: {', '.join(diff)}); "
                 "repeat the original command with --resume"
             )
+        if not schedule:
+            raise UserError(
+                "--resume needs checkpoints, and this run saves none; add --checkpoint-every N "
+                "or --checkpoint-log"
+            )
         return schedule
-    if has_ckpts and not (out / "config.json").exists() and not overwrite:
+    interrupted = out.is_dir() and bool(complete_epochs(out)) and not (out / "config.json").exists()
+    if interrupted and not overwrite:
         raise UserError(
-            f"--out {out} holds an interrupted run; pass --resume to continue it "
-            "or --overwrite to start over"
+            f"--out {out} holds an interrupted run with resumable checkpoints; pass --resume "
+            "to continue it or --overwrite to start over"
         )
-    check_out_dir(out, cfg, overwrite)
+    check_owner(out, config.kind, cfg, overwrite, config_diff)
     return schedule
+
+
+def resumable(out: Path) -> dict[str, str]:
+    """What of a failed run in ``out`` is worth keeping: checkpoints ``--resume`` can use."""
+    epochs = complete_epochs(out)
+    if not epochs or not (out / CHECKPOINTS / HISTORY_FILE).is_file():
+        return {}
+    shown = ", ".join(map(str, epochs))
+    return {CHECKPOINTS: f"checkpoints at epochs {shown} in {out} (continue with --resume)"}
+
+
+def claim_run(
+    config: Config, out: str | Path | None, *, overwrite: bool, resume: bool
+) -> contextlib.AbstractContextManager:
+    """Claims ``out`` for this run (:func:`~three_regimes_jax.storage.outdir.claim`).
+
+    After a failure only checkpoints ``--resume`` can use are kept; a fine-tune
+    cannot be resumed, so it keeps nothing.
+    """
+    if out is None:
+        return contextlib.nullcontext()
+    return claim(
+        out,
+        command=config.kind,
+        config=config.to_dict(),
+        overwrite=overwrite,
+        reads=reads_of(config),
+        differ=config_diff,
+        keep=resumable if config.finetune is None else None,
+    )
 
 
 def random_walk_norms(
@@ -238,18 +297,29 @@ def _save(ckpt: GridCheckpointer, epoch: int, state: GridState, history: History
     write_npz(ckpt.directory / HISTORY_FILE, history.raw_arrays())
 
 
-def _resume(out: Path, template: GridState, config: Config) -> tuple[GridState, History, int]:
-    """State and history at the latest checkpoint that has its history saved."""
+def _resume(
+    out: Path, template: GridState, config: Config
+) -> tuple[GridState, History, int] | None:
+    """State and history at the latest complete checkpoint with its history saved.
+
+    None when there is none (a run killed during its first checkpoint), so
+    the run starts over.
+    """
     path = out / CHECKPOINTS / HISTORY_FILE
+    if not path.is_file():
+        return None  # killed before the first history was saved: start over
     try:
         with np.load(path, allow_pickle=False) as z:
             history = History.from_raw({k: z[k] for k in z.files})
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot resume {out}: its {HISTORY_FILE} is unreadable ({e})") from None
+    except Exception as e:  # noqa: BLE001 - zip/npy errors of a damaged file
+        raise UserError(
+            f"cannot resume {out}: its {HISTORY_FILE} is unreadable ({type(e).__name__}); "
+            "start over with --overwrite"
+        ) from None
     recorded = history.epochs[-1] if history.epochs else config.start_epoch
-    usable = [e for e in available_epochs(out) if config.start_epoch <= e <= recorded]
+    usable = [e for e in complete_epochs(out) if config.start_epoch <= e <= recorded]
     if not usable:
-        raise UserError(f"cannot resume {out}: no checkpoint matches its history; use --overwrite")
+        return None  # no complete checkpoint yet: start over
     epoch = usable[-1]
     state, _ = load_checkpoint(out, epoch, template=template, config=config.to_dict())
     return state, history.truncate(epoch), epoch
@@ -305,11 +375,13 @@ def run_grid(
             seeds=[int(s) for s in member_info["seed"]],
         )
     start, history = config.start_epoch, None
-    if resume:
-        state, history, start = _resume(Path(out), state, config)
+    resumed = _resume(Path(out), state, config) if resume else None
+    if resumed is not None:
+        state, history, start = resumed
     elif ckpt is not None:
-        if overwrite:
-            shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
+        # Anything here is this run's own (checked by check_out): an earlier
+        # attempt's incomplete checkpoints, or a finished run being redone.
+        shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
         _save(
             ckpt, start, state, History.empty(state.size, trainer.filter_groups), checkpoint_extra
         )

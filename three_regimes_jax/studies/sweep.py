@@ -18,7 +18,13 @@ from three_regimes_jax.config import Config
 from three_regimes_jax.engine.data import Dataset
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import Results
-from three_regimes_jax.studies.run import check_out, load_data, make_trainer, run_grid
+from three_regimes_jax.studies.run import (
+    check_out,
+    claim_run,
+    load_data,
+    make_trainer,
+    run_grid,
+)
 
 
 def run_sweep(
@@ -52,29 +58,32 @@ def run_sweep(
       :class:`Results` with ``metrics`` as in ``metrics.npz`` and the final state.
 
     Raises:
-      UserError: missing dataset, unusable ``out`` or nothing to resume;
-        nothing is written.
+      UserError: missing dataset, unusable ``out`` (another run's, another
+        process's), nothing to resume, or an OS error such as a full disk;
+        nothing is left in ``out`` but checkpoints ``--resume`` can use.
+      Interrupted: Ctrl-C, saying what was kept.
     """
     if not isinstance(config, Config) or config.finetune is not None:
         raise UserError("run_sweep needs a sweep Config (use run_finetune for fine-tunes)")
     check_out(config, out, overwrite=overwrite, resume=resume)  # before loading any data
-    ds = dataset if dataset is not None else load_data(config)
-    trainer = make_trainer(config, ds.num_classes, ds.image_shape)
-    state = trainer.init(config.member_elrs, config.member_seeds, ds.image_shape)
-    return run_grid(
-        config,
-        state,
-        trainer,
-        ds,
-        out=out,
-        overwrite=overwrite,
-        resume=resume,
-        progress=progress,
-        member_info={
-            "elr": np.asarray(config.member_elrs, np.float64),
-            "seed": np.asarray(config.member_seeds, np.int64),
-        },
-    )
+    with claim_run(config, out, overwrite=overwrite, resume=resume):
+        ds = dataset if dataset is not None else load_data(config)
+        trainer = make_trainer(config, ds.num_classes, ds.image_shape)
+        state = trainer.init(config.member_elrs, config.member_seeds, ds.image_shape)
+        return run_grid(
+            config,
+            state,
+            trainer,
+            ds,
+            out=out,
+            overwrite=overwrite,
+            resume=resume,
+            progress=progress,
+            member_info={
+                "elr": np.asarray(config.member_elrs, np.float64),
+                "seed": np.asarray(config.member_seeds, np.int64),
+            },
+        )
 
 
 __all__ = ["run_sweep"]
