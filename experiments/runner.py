@@ -50,6 +50,7 @@ from experiments.steps import (
     validate_step,
 )
 from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.outdir import check_out_path
 
 VARIANTS = ("paper", "quick")
 STATUSES = ("ready", "pending")
@@ -238,6 +239,8 @@ def run_experiment(
             f"unknown variant {variant!r} for {canon}; use one of {', '.join(VARIANTS)}"
         )
     out = Path(out) if out is not None else Path("runs") / f"{canon}-{variant}"
+    if not dry_run:
+        check_out_path(out)
     raw = cfg["variants"][variant]["steps"]
     data = data_root()
     steps = [substitute(s, out, data) for s in raw]

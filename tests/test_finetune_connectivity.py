@@ -125,7 +125,7 @@ def test_pretrained_vs_finetuned_and_recompute_bn(source, finetuned, tmp_path):
     assert main([*argv, "--out", str(out), "--quiet"]) == 0
     plain = np.load(out)
     assert plain["b_source_elr"].tolist() == pytest.approx([3e-3] * 4)
-    assert main([*argv, "--recompute-bn", "--out", str(out), "--quiet"]) == 0
+    assert main([*argv, "--recompute-bn", "--out", str(out), "--quiet", "--overwrite"]) == 0
     rec = np.load(out)
     np.testing.assert_allclose(rec["train_loss"], plain["train_loss"], rtol=1e-6)
     assert not np.allclose(rec["test_loss"], plain["test_loss"])

@@ -186,21 +186,27 @@ def _add_toy(sub) -> None:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--starts", type=int, default=1, help="random starting points per ELR")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace another output in --out")
     p.set_defaults(func=_cmd_toy)
 
 
 def _cmd_toy(args) -> int:
     import json
 
+    from three_regimes_jax.storage.outdir import claim
+    from three_regimes_jax.studies.toy import validate_run_args
     from three_regimes_jax.studies.toy_report import run_toy_command
 
     alphas = parse_floats(args.alphas, "--alphas")
     elrs = parse_floats(args.elrs, "--elrs")
-    summary = run_toy_command(alphas, elrs, args.steps, args.seed, args.starts, args.out)
-    from plotting.toy import write_toy_figures
+    a, e, steps, seed, starts = validate_run_args(alphas, elrs, args.steps, args.seed, args.starts)
+    run = {"alphas": a.tolist(), "elrs": e.tolist(), "steps": steps, "seed": seed, "starts": starts}
+    with claim(args.out, command="toy", config=run, overwrite=args.overwrite) as out:
+        summary = run_toy_command(alphas, elrs, steps, seed, starts, out)
+        from plotting.toy import write_toy_figures
 
-    write_toy_figures(args.out)
+        write_toy_figures(out)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -252,6 +258,9 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--points", type=int, default=21)
     p.add_argument("--recompute-bn", action="store_true", help="re-estimate BN stats per point")
     p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier interpolate file at --out"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_interpolate)
 
@@ -266,6 +275,7 @@ def _cmd_interpolate(args) -> int:
         pairs=args.pairs,
         points=args.points,
         recompute_bn=args.recompute_bn,
+        overwrite=args.overwrite,
     )
     if not args.quiet:
         print(f"{'A':>24} {'B':>24} {'barrier':>10} {'loss(0)':>9} {'loss(1)':>9}")
@@ -425,16 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    """Entry point; returns the exit code (see :func:`~three_regimes_jax.cli_errors.guarded`)."""
+    from three_regimes_jax.cli_errors import guarded
+
+    return guarded(lambda: _dispatch(argv), PROG)
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ from typing import Any
 from three_regimes_jax.errors import UserError
 
 _INT64 = (-(2**63), 2**63 - 1)
-_F32_TINY = 1.1754944e-38  # smallest normal float32: ELRs below it train at ELR 0
-_F32_MAX = 3.4028235e38
+F32_TINY = 1.1754944e-38  # smallest normal float32: ELRs below it train at ELR 0
+F32_MAX = 3.4028235e38
 
 
 def option(
@@ -104,10 +104,10 @@ def _number(value: Any, kind: str, flag: str, positive: bool = False) -> Any:
 
 
 def _check_bounds(value: Any, flag: str, low, high, positive: bool) -> None:
-    if positive and not (_F32_TINY <= value <= _F32_MAX):
+    if positive and not (F32_TINY <= value <= F32_MAX):
         raise UserError(
             f"every ELR must be a finite number > 0, got {value} in {flag}"
-            + (" (below float32's smallest normal number)" if 0 < value < _F32_TINY else "")
+            + (" (below float32's smallest normal number)" if 0 < value < F32_TINY else "")
         )
     if low is not None and value < low:
         raise UserError(f"{flag} must be >= {low:g}, got {value}")

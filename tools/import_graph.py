@@ -30,6 +30,7 @@ LAYERS = {
     "three_regimes_jax.analysis": "analysis",
     "three_regimes_jax.studies": "studies",
     "three_regimes_jax.cli": "cli",
+    "three_regimes_jax.cli_errors": "cli",
     "plotting": "plotting",
     "experiments": "experiments",
 }

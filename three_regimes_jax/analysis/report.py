@@ -16,8 +16,9 @@ from typing import Any
 from three_regimes_jax.analysis.borders import BORDERS
 from three_regimes_jax.analysis.regimes import Criteria, classify
 from three_regimes_jax.analysis.stats import as_2d
-from three_regimes_jax.config import Config
+from three_regimes_jax.config import Config, flat_names
 from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.outdir import check_not_busy
 from three_regimes_jax.storage.results import load_results, write_json
 
 REGIMES_FILE = "regimes.json"
@@ -73,7 +74,9 @@ def classify_dir(
       The :func:`classify` report.
 
     Raises:
-      UserError: ``path`` is not a complete, readable results directory.
+      UserError: ``path`` is not a complete, readable, writable results
+        directory, or is being written; ``random_walk`` is not its
+        random-walk twin.
     """
     res = load_results(path)
     rw = load_results(random_walk).metrics if random_walk is not None else None
@@ -124,6 +127,43 @@ def format_regimes(report: Mapping[str, Any], metrics: Mapping[str, Any] | None 
     return "\n".join(lines)
 
 
+# Flat config names a random-walk baseline may differ in from its regular run.
+_RW_FREE = {"random_walk", "random_walk_from", "strategy", "precision", "data_dir"}
+
+
+def check_random_walk_pair(config: Any, rw_config: Any, rw_path: str | os.PathLike) -> None:
+    """Checks that ``rw_path`` holds the random-walk twin of the run of ``config``.
+
+    Raises:
+      UserError: the baseline was not made with ``--random-walk``, the run
+        itself was, or they differ in model, data or training grid.
+    """
+    try:
+        run, rw = Config.from_dict(config), Config.from_dict(rw_config)
+    except UserError as e:
+        raise UserError(f"--random-walk {rw_path}: cannot compare the configs ({e})") from None
+    if not rw.train.random_walk:
+        raise UserError(
+            f"--random-walk {rw_path} is not a random-walk run (it was made without "
+            "--random-walk); pass the results of the same grid run with --random-walk"
+        )
+    if run.train.random_walk:
+        raise UserError("the run itself is a random walk; pass the regular run as DIR")
+    fa, fb = run.to_flat(), rw.to_flat()
+    names = set(flat_names()) - _RW_FREE
+    sections = {"model", "data", "train"}
+    diff = sorted(
+        k
+        for k in names
+        if flat_names()[k][0] in sections and k in fa and k in fb and fa[k] != fb[k]
+    )
+    if diff:
+        raise UserError(
+            f"--random-walk {rw_path} is not this run's random walk (differs in: "
+            f"{', '.join(diff)}); run the same grid with --random-walk"
+        )
+
+
 def run_regimes_command(
     path: str | os.PathLike,
     criteria: Criteria | None = None,
@@ -140,10 +180,19 @@ def run_regimes_command(
       ``(report, table_text)``.
 
     Raises:
-      UserError: ``path`` is not a complete, readable results directory.
+      UserError: ``path`` is not a complete, readable, writable results
+        directory, or is being written; ``random_walk`` is not its
+        random-walk twin.
     """
+    check_not_busy(path)
     res = load_results(path)
-    rw = load_results(random_walk).metrics if random_walk is not None else None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {Path(path) / REGIMES_FILE}: {path} is not writable")
+    rw = None
+    if random_walk is not None:
+        rw_res = load_results(random_walk)
+        check_random_walk_pair(res.config, rw_res.config, random_walk)
+        rw = rw_res.metrics
     report = classify(
         res.metrics, num_classes=num_classes_of(res.config), criteria=criteria, random_walk=rw
     )
@@ -156,6 +205,7 @@ __all__ = [
     "classify_dir",
     "format_regimes",
     "num_classes_of",
+    "check_random_walk_pair",
     "run_regimes_command",
     "write_regimes",
 ]

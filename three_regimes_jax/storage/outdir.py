@@ -97,6 +97,41 @@ def check_out_path(out: str | os.PathLike | None, flag: str = "--out") -> Path:
     return path
 
 
+def check_out_file(
+    out: str | os.PathLike,
+    suffix: str,
+    *,
+    overwrite: bool,
+    ours: Callable[[Path], bool],
+    flag: str = "--out",
+) -> Path:
+    """Checks, creating nothing, that file ``out`` can be written by this command.
+
+    Raises:
+      UserError: ``out`` is blank, lacks ``suffix``, is a directory, its
+        directory cannot be created or written, or it exists and either
+        ``overwrite`` is not given or ``ours(out)`` says another command wrote it.
+    """
+    text = "" if out is None else os.fspath(out)
+    if not text.strip():
+        raise UserError(f"{flag} is empty; give a file path ending in {suffix}")
+    path = Path(text)
+    if not path.name.endswith(suffix) or path.name == suffix:
+        raise UserError(f"{flag} must name a {suffix} file, got {text!r}")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path ending in {suffix}")
+    check_out_path(path.parent if str(path.parent) else ".", flag)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise UserError(f"{flag} {path} exists; pick another file or pass --overwrite")
+        if not ours(path):
+            raise UserError(
+                f"{flag} {path} was not written by this command, so --overwrite will not "
+                "replace it; pick another file"
+            )
+    return path
+
+
 def overlaps(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths are the same, or one lies inside the other (symlinks resolved)."""
     ra, rb = Path(a).resolve(), Path(b).resolve()
@@ -404,6 +439,7 @@ __all__ = [
     "OWNER_FILE",
     "Interrupted",
     "check_not_busy",
+    "check_out_file",
     "check_out_path",
     "claim",
     "overlaps",

@@ -49,6 +49,7 @@ from three_regimes_jax.storage.files import npz_bytes as npz_bytes
 from three_regimes_jax.storage.files import write_json as write_json
 from three_regimes_jax.storage.files import write_npz as write_npz
 from three_regimes_jax.storage.integrity import MANIFEST, verify_manifest, write_manifest
+from three_regimes_jax.storage.outdir import check_out_path, claim
 
 FORMAT_VERSION = 2  # 2: MANIFEST.sha256 beside the data
 FILES = ("config.json", "metrics.npz", "summary.json")
@@ -88,8 +89,9 @@ class Results:
 
     def save(self, out: str | os.PathLike, overwrite: bool = False) -> Path:
         """Writes the results directory (see module docstring); returns its path."""
-        check_out_dir(out, self.config, overwrite)
-        return write_results(out, self.config, self.metrics, self.summary)
+        kind = str(self.config.get("kind", "sweep"))
+        with claim(out, command=kind, config=self.config, overwrite=overwrite, differ=config_diff):
+            return write_results(out, self.config, self.metrics, self.summary)
 
     def table(self) -> str:
         """Plain-text table, one row per member: final losses, test error, eff. grad norm."""
@@ -133,51 +135,9 @@ def config_diff(a: Any, b: Any) -> list[str]:
 def check_writable(out: str | os.PathLike) -> Path:
     """Checks, creating nothing, that directory ``out`` exists or can be created.
 
-    Raises:
-      UserError: ``out`` is a file, or its nearest existing ancestor is not a
-        writable directory.
+    See :func:`~three_regimes_jax.storage.outdir.check_out_path`.
     """
-    out = Path(out)
-    if not str(out):
-        raise UserError("--out is empty; give a directory path")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file; pass a directory path")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise UserError(f"--out {out} cannot be written ({probe} is a file); pick another")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out} cannot be written ({probe} is not writable); pick another")
-    return out
-
-
-def check_out_dir(out: str | os.PathLike, config: dict[str, Any], overwrite: bool) -> None:
-    """Checks, before any work, that ``out`` can receive this run's results.
-
-    Raises:
-      UserError: ``out`` is a file, is not writable, or already holds a
-        different run (or unrelated files) and ``overwrite`` is False.
-    """
-    out = check_writable(out)
-    if not out.is_dir() or overwrite or not any(out.iterdir()):
-        return
-    cfg_path = out / "config.json"
-    if not cfg_path.exists():
-        raise UserError(
-            f"--out {out} is not empty and holds no run; pick an empty or new directory "
-            "or pass --overwrite"
-        )
-    try:
-        old = json.loads(cfg_path.read_text())
-    except (OSError, ValueError):
-        old = {}
-    diff = config_diff(old, config)
-    if diff:
-        raise UserError(
-            f"--out {out} already holds a different run (differs in: {', '.join(diff)}); "
-            "pick another --out or pass --overwrite"
-        )
+    return check_out_path(out)
 
 
 def write_results(

@@ -238,8 +238,13 @@ def run_interpolate(
     pairs: str = "neighbors",
     points: int = 21,
     recompute_bn: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, np.ndarray]:
     """The ``three-regimes interpolate`` command: endpoints -> ``FILE.npz``.
+
+    ``out`` is checked before any work: a ``.npz`` path whose directory can be
+    written (it is created if missing); an existing file there is replaced
+    only with ``overwrite``, and only if it is itself an interpolate file.
 
     The file holds ``alpha`` [P]; ``train_loss``, ``train_acc``, ``test_loss``,
     ``test_acc`` [pairs, P]; ``barrier`` and ``test_barrier`` [pairs]; and per
@@ -250,13 +255,12 @@ def run_interpolate(
       UserError: bad specs, mismatched models, too few points, unusable ``out``.
     """
     from three_regimes_jax.storage.checkpoint import config_difference
-    from three_regimes_jax.storage.results import check_writable, write_npz
+    from three_regimes_jax.storage.outdir import check_out_file
+    from three_regimes_jax.storage.results import write_npz
 
-    if points < 2:
-        raise UserError(f"--points must be >= 2, got {points}")
-    if not out.endswith(".npz"):
-        raise UserError(f"--out must name a .npz file, got {out!r}")
-    check_writable(Path(out).parent)
+    if isinstance(points, bool) or not isinstance(points, int) or not 2 <= points <= 10_000:
+        raise UserError(f"--points must be an integer in [2, 10000], got {points}")
+    check_out_file(out, ".npz", overwrite=overwrite, ours=_is_interpolate_file)
     a, b = load_endpoint(a_spec), load_endpoint(b_spec)
     diff = config_difference(a.config, b.config)
     if diff:
@@ -292,5 +296,15 @@ def run_interpolate(
         "b_dir": np.asarray(b.directory),
         "recompute_bn": np.asarray(recompute_bn),
     }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_npz(out, arrays)
     return arrays
+
+
+def _is_interpolate_file(path: Path) -> bool:
+    """Whether ``path`` is a ``.npz`` written by :func:`run_interpolate`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"alpha", "barrier", "a_dir", "b_dir"} <= set(z.files)
+    except Exception:  # noqa: BLE001 - unreadable: not ours
+        return False

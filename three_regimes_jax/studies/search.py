@@ -31,6 +31,7 @@ import numpy as np
 
 from three_regimes_jax.analysis.borders import BORDERS, transition_brackets
 from three_regimes_jax.errors import UserError
+from three_regimes_jax.options import check_elrs
 
 # --------------------------------------------------------------------------- validation
 
@@ -50,13 +51,14 @@ def parse_elr_range(text: str) -> tuple[float, float]:
 
 
 def validate_elr_range(elr_range: Sequence[float]) -> tuple[float, float]:
-    """Checks ``(lo, hi)``: finite, ``0 < lo < hi``; returns floats."""
+    """Checks ``(lo, hi)``: ``0 < lo < hi``, both positive normal float32 numbers."""
     try:
         lo, hi = (float(v) for v in elr_range)
     except (TypeError, ValueError):
         raise UserError(f"the ELR range must be two numbers (lo, hi), got {elr_range!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
-        raise UserError(f"the ELR range must satisfy 0 < lo < hi (finite), got {lo:g},{hi:g}")
+        raise UserError(f"--elr-range must satisfy 0 < LO < HI (finite), got {lo:g},{hi:g}")
+    check_elrs((lo, hi), "--elr-range")  # positive normal float32 numbers
     return lo, hi
 
 

@@ -34,6 +34,7 @@ import optax
 from three_regimes_jax.analysis.regimes import Criteria, classify
 from three_regimes_jax.engine.sphere import elr_to_lr, group_stats, sphere_sgd
 from three_regimes_jax.errors import UserError
+from three_regimes_jax.options import F32_MAX, F32_TINY, check_elrs
 from three_regimes_jax.studies.toy_theory import (
     convergence_threshold,
     equilibrium_group_elr,
@@ -73,17 +74,28 @@ def _validate_int(value: Any, what: str, low: int, high: int | None = None) -> i
 def validate_run_args(
     alphas: ArrayLike, elrs: ArrayLike, steps: Any, seed: Any, starts: Any
 ) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """Validates every argument of :func:`run_toy`; raises :class:`UserError`.
+    """Validates every argument of :func:`run_toy`; raises :class:`UserError` naming the flag.
+
+    The run is in float32, so every ``alpha_i``, their sum and every ELR must
+    be a positive normal float32 number; ELRs must not repeat.
 
     Returns:
       ``(alphas, elrs, steps, seed, starts)`` as float64 arrays and Python ints.
     """
+    a = validate_alphas(alphas)
+    if not (np.all(a >= F32_TINY) and np.sum(a) <= F32_MAX):
+        raise UserError(
+            f"--alphas must be positive normal float32 numbers with a finite sum "
+            f"(between {F32_TINY:g} and {F32_MAX:g}), got {a.tolist()}"
+        )
+    e = validate_elrs(elrs)
+    check_elrs(e.tolist(), "--elrs")
     return (
-        validate_alphas(alphas),
-        validate_elrs(elrs),
-        _validate_int(steps, "steps", 1),
-        _validate_int(seed, "seed", 0, 2**32 - 1),
-        _validate_int(starts, "starts", 1),
+        a,
+        e,
+        _validate_int(steps, "--steps", 1, 10**9),
+        _validate_int(seed, "--seed", 0, 2**32 - 1),
+        _validate_int(starts, "--starts", 1, 10**6),
     )
 
 

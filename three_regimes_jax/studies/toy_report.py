@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from three_regimes_jax.storage.results import atomic_write, check_writable, npz_bytes
+from three_regimes_jax.storage.files import atomic_write, npz_bytes
+from three_regimes_jax.storage.outdir import check_out_path
 from three_regimes_jax.studies import toy
 
 #: Names of the files the command writes, in writing order (data only, no figures).
@@ -113,7 +114,7 @@ def run_toy_command(
       UserError: on any invalid input, before anything is created.
     """
     alphas, elrs, steps, seed, starts = toy.validate_run_args(alphas, elrs, steps, seed, starts)
-    out_dir = check_writable(out)
+    out_dir = check_out_path(out)
 
     run = toy.run_toy(alphas, elrs, steps, seed=seed, starts=starts)
     summary = _summary(run, steps, seed, starts)
