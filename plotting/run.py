@@ -43,7 +43,15 @@ from matplotlib.figure import Figure
 
 from plotting import figures, final
 from plotting import toy as toy_plots
-from plotting.common import FORMATS, MemberSpec, Run, as_runs, render, select_members
+from plotting.common import (
+    FORMATS,
+    MemberSpec,
+    Run,
+    as_runs,
+    parse_member,
+    render,
+    select_members,
+)
 from plotting.connectivity import is_interpolate_file, lc
 from plotting.filters import filters, has_filters
 from plotting.sharpness import has_sharpness, sharpness
@@ -276,6 +284,8 @@ def run_plot(
     """
     if kind != "all" and kind not in KINDS:
         raise UserError(f"--kind must be one of {', '.join(KINDS)} or all, got {kind!r}")
+    if member is not None:
+        parse_member(member)  # a malformed spec is an error before anything is read
     inp = sort_inputs(paths)
     if kind == "all":
         kinds = [k for k in KINDS if _why_not(k, inp) is None]

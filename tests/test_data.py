@@ -307,7 +307,12 @@ def test_pad_to() -> None:
 
 
 def test_missing_dataset_names_paths(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="--data-dir .*nowhere does not exist"):
+        load_dataset("cifar10", tmp_path / "nowhere")
+    with pytest.raises(DataError, match="--data-dir .* is not a directory"):
+        load_dataset("mnist", Path(__file__))
     where = tmp_path / "nothing"
+    where.mkdir()
     with pytest.raises(DataError) as err:
         load_dataset("mnist", where, source="files")
     msg = str(err.value)

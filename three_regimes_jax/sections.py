@@ -115,7 +115,7 @@ class TrainConfig(Section):
         nonempty=True,
     )
     seeds: tuple[int, ...] = option(
-        (0,), "--seeds", "comma-separated seeds", "ints", unique=True, nonempty=True
+        (0,), "--seeds", "comma-separated seeds", "ints", low=0, unique=True, nonempty=True
     )
     epochs: int = option(10, "--epochs", "epochs to train", "int", low=1)
     batch_size: int = option(128, "--batch-size", "mini-batch size", "int", low=1)

@@ -31,6 +31,7 @@ LAYERS = {
     "three_regimes_jax.studies": "studies",
     "three_regimes_jax.cli": "cli",
     "three_regimes_jax.cli_errors": "cli",
+    "three_regimes_jax.cli_flags": "cli",
     "plotting": "plotting",
     "experiments": "experiments",
 }

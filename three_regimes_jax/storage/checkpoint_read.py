@@ -106,9 +106,6 @@ def latest_epoch(directory: str | Path) -> int | None:
 
 # --------------------------------------------------------------------------- loading
 
-# Step directories verified in this process: path -> manifest (mtime_ns, size).
-_VERIFIED: dict[Path, tuple[int, int]] = {}
-
 
 def _verify(ckdir: Path, epoch: int, *, hash_files: bool = True) -> None:
     """Checks a step's manifest (its file hashes when ``hash_files``).
@@ -121,16 +118,12 @@ def _verify(ckdir: Path, epoch: int, *, hash_files: bool = True) -> None:
     if has_manifest(path):
         if not hash_files:
             return
-        st = (path / MANIFEST).stat()
-        if _VERIFIED.get(path) == (st.st_mtime_ns, st.st_size):
-            return
         try:
             problem = manifest_problem(path)
         except UserError:
             problem = f"its {MANIFEST} is damaged"
         if problem is not None:
             raise unreadable(epoch, ckdir, problem)
-        _VERIFIED[path] = (st.st_mtime_ns, st.st_size)
         return
     version = _read_meta_unverified(ckdir, epoch).get("format_version")
     if not isinstance(version, int) or version >= 2:

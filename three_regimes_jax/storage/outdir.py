@@ -298,8 +298,8 @@ def _lock(path: Path) -> int:
         os.close(fd)
 
 
-def check_not_busy(path: str | os.PathLike) -> None:
-    """Raises a one-line UserError if a three-regimes process is writing ``path``."""
+def check_not_busy(path: str | os.PathLike, flag: str = "") -> None:
+    """Raises a one-line UserError if another three-regimes process is writing ``path``."""
     lock = Path(path) / LOCK_FILE
     try:
         fd = os.open(lock, os.O_RDONLY)
@@ -309,7 +309,9 @@ def check_not_busy(path: str | os.PathLike) -> None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError:
         pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        raise UserError(busy_message(Path(path), pid).replace("--out ", "")) from None
+        if pid == str(os.getpid()):
+            return  # this process holds it (a nested check of a claimed directory)
+        raise UserError(flag + busy_message(Path(path), pid).removeprefix("--out ")) from None
     finally:
         os.close(fd)
 
@@ -391,6 +393,7 @@ def claim(
             raise UserError(
                 f"--out {path} overlaps {src}, which this command reads; pick another --out"
             )
+    check_not_busy(path, flag="--out ")
     check_owner(path, command, config, overwrite, differ)
     created = _make_dirs(path)
     try:
@@ -413,8 +416,8 @@ def claim(
             kept = _clean_failed(path, before, created, keep)
             raise Interrupted(f"interrupted; {kept}") from None
         except OSError as e:
-            _clean_failed(path, before, created, keep)
-            raise UserError(os_error_message(e, path)) from None
+            kept = _clean_failed(path, before, created, keep)
+            raise UserError(f"{os_error_message(e, path)}; {kept}") from None
         except BaseException:
             _clean_failed(path, before, created, keep)
             raise

@@ -53,9 +53,8 @@ from three_regimes_jax.storage.checkpoint import (
     read_meta,
 )
 from three_regimes_jax.storage.results import Results
+from three_regimes_jax.studies.output import check_out, claim_run
 from three_regimes_jax.studies.run import (
-    check_out,
-    claim_run,
     load_data,
     make_trainer,
     run_grid,

@@ -18,7 +18,6 @@ checkpoint's meta, the abstract grid state to restore into
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 from collections.abc import Mapping
@@ -49,23 +48,13 @@ from three_regimes_jax.storage.checkpoint import (
     complete_epochs,
     load_checkpoint,
 )
-from three_regimes_jax.storage.outdir import (
-    check_out_path,
-    check_owner,
-    claim,
-    overlaps,
-    read_owner,
-)
 from three_regimes_jax.storage.results import (
     Results,
-    config_diff,
     load_results,
     write_npz,
     write_results,
 )
-from three_regimes_jax.storage.schedule import checkpoint_epochs
-
-HISTORY_FILE = "history.npz"
+from three_regimes_jax.studies.output import HISTORY_FILE, check_out
 
 
 def load_data(config: Config) -> Dataset:
@@ -138,113 +127,6 @@ def summarize(
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
     }
-
-
-def schedule_of(config: Config, out: str | Path | None) -> list[int]:
-    """The epochs to checkpoint: the config's schedule.
-
-    A fine-tune with an ``out`` always saves its first and last epoch.
-    """
-    c = config.checkpoint
-    return checkpoint_epochs(
-        config.end_epoch,
-        c.epochs,
-        c.every,
-        c.log,
-        start=config.start_epoch,
-        always=config.finetune is not None and out is not None,
-    )
-
-
-def reads_of(config: Config) -> list[str]:
-    """The directories a run reads, which its ``out`` must not overlap."""
-    paths = [config.train.random_walk_from]
-    if config.finetune is not None:
-        paths.append(config.finetune.source)
-    return [p for p in paths if p is not None]
-
-
-def check_out(
-    config: Config, out: str | Path | None, *, overwrite: bool, resume: bool
-) -> list[int]:
-    """Pre-flight checks of ``out`` (nothing is written); returns the checkpoint schedule.
-
-    Raises:
-      UserError: ``out`` is missing but needed, unusable, overlaps a path the
-        run reads, holds something else (:func:`~three_regimes_jax.storage.
-        outdir.check_owner`), or holds this run interrupted with resumable
-        checkpoints and neither ``resume`` nor ``overwrite`` is given; or
-        ``resume`` finds another run, no run, or a run without checkpoints.
-    """
-    schedule = schedule_of(config, out)
-    if (schedule or resume) and out is None:
-        raise UserError("checkpointing and --resume need an output directory (--out DIR)")
-    if out is None:
-        return schedule
-    out = check_out_path(out)
-    for src in reads_of(config):
-        if overlaps(out, src):
-            raise UserError(f"--out {out} overlaps {src}, which this run reads; pick another --out")
-    cfg = config.to_dict()
-    if resume:
-        if overwrite:
-            raise UserError("--resume and --overwrite contradict each other; pass one of them")
-        owner = read_owner(out) if out.is_dir() else None
-        if owner is None or owner["command"] != config.kind:
-            raise UserError(
-                f"nothing to resume in {out}: it holds no interrupted {config.kind}; "
-                "run the command without --resume"
-            )
-        diff = config_diff(owner.get("config"), cfg)
-        if diff:
-            raise UserError(
-                f"cannot resume {out} with another config (differs in: {', '.join(diff)}); "
-                "repeat the original command with --resume"
-            )
-        if not schedule:
-            raise UserError(
-                "--resume needs checkpoints, and this run saves none; add --checkpoint-every N "
-                "or --checkpoint-log"
-            )
-        return schedule
-    interrupted = out.is_dir() and bool(complete_epochs(out)) and not (out / "config.json").exists()
-    if interrupted and not overwrite:
-        raise UserError(
-            f"--out {out} holds an interrupted run with resumable checkpoints; pass --resume "
-            "to continue it or --overwrite to start over"
-        )
-    check_owner(out, config.kind, cfg, overwrite, config_diff)
-    return schedule
-
-
-def resumable(out: Path) -> dict[str, str]:
-    """What of a failed run in ``out`` is worth keeping: checkpoints ``--resume`` can use."""
-    epochs = complete_epochs(out)
-    if not epochs or not (out / CHECKPOINTS / HISTORY_FILE).is_file():
-        return {}
-    shown = ", ".join(map(str, epochs))
-    return {CHECKPOINTS: f"checkpoints at epochs {shown} in {out} (continue with --resume)"}
-
-
-def claim_run(
-    config: Config, out: str | Path | None, *, overwrite: bool, resume: bool
-) -> contextlib.AbstractContextManager:
-    """Claims ``out`` for this run (:func:`~three_regimes_jax.storage.outdir.claim`).
-
-    After a failure only checkpoints ``--resume`` can use are kept; a fine-tune
-    cannot be resumed, so it keeps nothing.
-    """
-    if out is None:
-        return contextlib.nullcontext()
-    return claim(
-        out,
-        command=config.kind,
-        config=config.to_dict(),
-        overwrite=overwrite,
-        reads=reads_of(config),
-        differ=config_diff,
-        keep=resumable if config.finetune is None else None,
-    )
 
 
 def random_walk_norms(
@@ -374,62 +256,69 @@ def run_grid(
             input_shape=ds.image_shape,
             seeds=[int(s) for s in member_info["seed"]],
         )
-    start, history = config.start_epoch, None
-    resumed = _resume(Path(out), state, config) if resume else None
-    if resumed is not None:
-        state, history, start = resumed
-    elif ckpt is not None:
-        # Anything here is this run's own (checked by check_out): an earlier
-        # attempt's incomplete checkpoints, or a finished run being redone.
-        shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
-        _save(
-            ckpt, start, state, History.empty(state.size, trainer.filter_groups), checkpoint_extra
-        )
-
-    def on_epoch(epoch: int, state: GridState, history: History) -> None:
-        if ckpt is not None and epoch in schedule:
-            _save(ckpt, epoch, state, history, checkpoint_extra)
-
-    walk = random_walk_norms(config, member_info["elr"], member_info["seed"])
-    step_norms = None
-    if walk is not None:
-        walk_epochs, walk_norms = walk
-
-        def step_norms(epoch: int) -> np.ndarray:
-            return walk_norms[:, int(np.flatnonzero(walk_epochs == epoch)[0])]
-
-    m = config.measure
-    log_members = None
-    if m.filter_log_elrs:
-        elrs = np.asarray(member_info["elr"])
-        log_members = [
-            i for i, e in enumerate(elrs) if np.isclose(e, m.filter_log_elrs, rtol=1e-6).any()
-        ]
-        if not log_members:
-            raise UserError(
-                f"--filter-log-elrs {','.join(f'{e:g}' for e in m.filter_log_elrs)} names no "
-                f"member; the grid's ELRs are {', '.join(f'{e:g}' for e in dict.fromkeys(elrs))}"
+    try:
+        start, history = config.start_epoch, None
+        resumed = _resume(Path(out), state, config) if resume else None
+        if resumed is not None:
+            state, history, start = resumed
+        elif ckpt is not None:
+            # Anything here is this run's own (checked by check_out): an earlier
+            # attempt's incomplete checkpoints, or a finished run being redone.
+            shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
+            _save(
+                ckpt,
+                start,
+                state,
+                History.empty(state.size, trainer.filter_groups),
+                checkpoint_extra,
             )
-    t0 = time.perf_counter()
-    state, history = train_grid(
-        trainer,
-        state,
-        DeviceData.from_dataset(ds),
-        SharpnessSettings(
-            m.sharpness_every, m.sharpness_size, m.sharpness_probes, m.sharpness_iters
-        ),
-        start_epoch=start,
-        end_epoch=config.end_epoch,
-        history=history,
-        progress=progress,
-        on_epoch=on_epoch,
-        step_norms=step_norms,
-        log_steps=tuple(m.filter_log_steps) or None,
-        log_members=log_members,
-    )
+
+        def on_epoch(epoch: int, state: GridState, history: History) -> None:
+            if ckpt is not None and epoch in schedule:
+                _save(ckpt, epoch, state, history, checkpoint_extra)
+
+        walk = random_walk_norms(config, member_info["elr"], member_info["seed"])
+        step_norms = None
+        if walk is not None:
+            walk_epochs, walk_norms = walk
+
+            def step_norms(epoch: int) -> np.ndarray:
+                return walk_norms[:, int(np.flatnonzero(walk_epochs == epoch)[0])]
+
+        m = config.measure
+        log_members = None
+        if m.filter_log_elrs:
+            elrs = np.asarray(member_info["elr"])
+            log_members = [
+                i for i, e in enumerate(elrs) if np.isclose(e, m.filter_log_elrs, rtol=1e-6).any()
+            ]
+            if not log_members:
+                named = ",".join(f"{e:g}" for e in m.filter_log_elrs)
+                have = ", ".join(f"{e:g}" for e in dict.fromkeys(elrs))
+                raise UserError(
+                    f"--filter-log-elrs {named} names no member; the grid's ELRs are {have}"
+                )
+        t0 = time.perf_counter()
+        state, history = train_grid(
+            trainer,
+            state,
+            DeviceData.from_dataset(ds),
+            SharpnessSettings(
+                m.sharpness_every, m.sharpness_size, m.sharpness_probes, m.sharpness_iters
+            ),
+            start_epoch=start,
+            end_epoch=config.end_epoch,
+            history=history,
+            progress=progress,
+            on_epoch=on_epoch,
+            step_norms=step_norms,
+            log_steps=tuple(m.filter_log_steps) or None,
+            log_members=log_members,
+        )
+    finally:
+        if ckpt is not None:
+            ckpt.close()  # also after a failure: Orbax holds threads and files
     seconds = time.perf_counter() - t0
-    if ckpt is not None:
-        ckpt.close()
     metrics = {
         **member_info,
         **history.arrays(n_si_params(member(state, 0).params, trainer.si_mask)),

@@ -18,9 +18,8 @@ from three_regimes_jax.config import Config
 from three_regimes_jax.engine.data import Dataset
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import Results
+from three_regimes_jax.studies.output import check_out, claim_run
 from three_regimes_jax.studies.run import (
-    check_out,
-    claim_run,
     load_data,
     make_trainer,
     run_grid,

@@ -147,6 +147,9 @@ def load_dataset(
         isinstance(pad_to, bool) or not isinstance(pad_to, (int, np.integer))
     ):
         raise DataError(f"pad_to must be an integer or None, got {pad_to!r}")
+    if key != "digits" and data_dir is not None and not Path(data_dir).is_dir():
+        what = "is not a directory" if Path(data_dir).exists() else "does not exist"
+        raise DataError(f"--data-dir {data_dir} {what}; pass the folder holding the dataset")
     num_classes = NUM_CLASSES[key]
     if key == "digits":
         x_train, y_train, x_test, y_test = load_digits()
