@@ -138,6 +138,7 @@ _CORRUPTIONS = {
     "config-garbled": _json("src/config.json", '{"kind": "sweep", "train": {"epochs": "x"}}'),
     "manifest-garbled": _json("src/MANIFEST.sha256", "not a manifest\n"),
     "metrics-no-array": _drop_array("train_loss"),
+    "metrics-no-eff-grad-norm": _drop_array("eff_grad_norm"),
     "metrics-bad-shape": _bad_shape,
     "metrics-missing": _rm("src/metrics.npz"),
 }

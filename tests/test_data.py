@@ -262,7 +262,7 @@ def test_use_data_size() -> None:
     np.testing.assert_array_equal(ds.x_train, full.x_train[:100])
     np.testing.assert_array_equal(ds.y_train, full.y_train[:100])
     for bad in (0, 1438, -5):
-        with pytest.raises(DataError, match="use_data_size"):
+        with pytest.raises(DataError, match="--use-data-size"):
             load_dataset("digits", use_data_size=bad)
 
 
@@ -285,7 +285,7 @@ def test_label_noise() -> None:
     np.testing.assert_array_equal(a.x_train, clean.x_train)
     assert a.y_train.dtype == np.int32 and a.y_train.max() < 10
     for bad in (-0.1, 1.5):
-        with pytest.raises(DataError, match="label_noise"):
+        with pytest.raises(DataError, match="--label-noise"):
             load_dataset("digits", label_noise=bad)
 
 

@@ -77,6 +77,7 @@ def short_reason(e: BaseException, step_dir: Path | None = None) -> str:
     """
     text = str(e).strip()
     text = text.splitlines()[0] if text else ""
+    text = re.sub(r"<bound method [^>]*>|<[a-zA-Z_.]+ object at 0x[0-9a-f]+>", "...", text)
     text = text.split(" [tensorstore_spec", 1)[0].split(" [source locations", 1)[0]
 
     def rel(name: str) -> str:

@@ -46,19 +46,8 @@ LOCK_FILE = ".lock"
 # Every name a command writes at the top of its output directory; --overwrite
 # removes exactly these (and round_<k> directories) from a run it replaces.
 OUTPUT_NAMES = frozenset(
-    {
-        "config.json",
-        "metrics.npz",
-        "summary.json",
-        "MANIFEST.sha256",
-        "checkpoints",
-        "regimes.json",
-        "figures",
-        "toy.npz",
-        "toy_loss.png",
-        "toy_group_elr.png",
-        "transitions.json",
-    }
+    "config.json metrics.npz summary.json MANIFEST.sha256 checkpoints regimes.json figures "
+    "toy.npz toy_loss.png toy_group_elr.png transitions.json".split()
 )
 _DESCRIBE = {
     "sweep": "a sweep's results",
@@ -385,6 +374,8 @@ def claim(
     if differ is None:
 
         def differ(a, b):
+            if isinstance(a, Mapping) and isinstance(b, Mapping):
+                return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             return [] if a == b else ["config"]
 
     path = check_out_path(out)

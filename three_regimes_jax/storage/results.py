@@ -63,9 +63,19 @@ REQUIRED_ARRAYS = {
     "epoch": ("T", "iu"),
     "train_loss": ("GT", "f"),
 }
+# Arrays every run of this package writes (checked for configs of format 2).
+RUN_ARRAYS = (
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "eff_grad_norm",
+    "si_norm",
+    "diverged",
+    "diverged_epoch",
+)
 CHECKED_ARRAYS = {
     **REQUIRED_ARRAYS,
-    **{k: ("GT", "f") for k in ("train_acc", "test_loss", "test_acc", "eff_grad_norm")},
+    **{k: ("GT", "f") for k in ("train_acc", "test_loss", "test_acc", "eff_grad_norm", "si_norm")},
     "diverged": ("G", "b"),
     "diverged_epoch": ("G", "iu"),
 }
@@ -197,6 +207,9 @@ def validate_metrics(path: Path, config: dict[str, Any], metrics: dict[str, np.n
     train = config.get("train")
     if not isinstance(train, dict) or "epochs" not in train:
         return  # a hand-made or format-1 config: nothing to compare with
+    missing = [k for k in RUN_ARRAYS if k not in metrics]
+    if missing:
+        raise UserError(f"{where} lacks the array(s) {', '.join(missing)}; recompute the run")
     try:
         cfg = Config.from_dict(config)
     except UserError as e:

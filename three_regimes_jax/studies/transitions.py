@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from three_regimes_jax.analysis.regimes import BORDERS, Criteria, classify
-from three_regimes_jax.errors import UserError
-from three_regimes_jax.storage.results import check_writable, write_json
+from three_regimes_jax.storage.files import write_json
+from three_regimes_jax.storage.outdir import claim
 from three_regimes_jax.studies import toy
 from three_regimes_jax.studies.search import (
     check_int,
@@ -151,7 +151,7 @@ def run_find_transitions_command(
     """``three-regimes find-transitions``: search; write ``out/round_k/``, ``out/transitions.json``.
 
     Everything is checked before training: the arguments, and that ``out`` is
-    writable and either new, empty, or ``overwrite`` is set.
+    writable and new, empty, this same search (a rerun), or ``overwrite`` is set.
 
     Args:
       base: the sweep flags as a :class:`~three_regimes_jax.config.Config`.
@@ -168,31 +168,34 @@ def run_find_transitions_command(
       The :func:`find_transitions` report (also in ``out/transitions.json``).
 
     Raises:
-      UserError: bad input, or ``out`` unusable / holding other files.
+      UserError: bad input, or ``out`` unusable, busy or holding something else
+        (:func:`~three_regimes_jax.storage.outdir.claim`).
     """
     lo, hi = validate_elr_range(elr_range)
     check_int(rounds, "--rounds", 1)
     check_int(points, "--points", 2)
     check_int(base.train.epochs if epochs is None else epochs, "--epochs", 1)
     base.replace(elrs=(lo, hi))  # checks the ELR range as ELRs
-    out = check_writable(out)
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"--out {out} is not empty; pick a new directory or pass --overwrite to replace it"
+    search = {
+        "base": base.to_dict(),
+        "elr_range": [lo, hi],
+        "rounds": rounds,
+        "points": points,
+        "epochs": epochs,
+    }
+    with claim(out, command="find-transitions", config=search, overwrite=overwrite) as out:
+        report = find_transitions(
+            base,
+            (lo, hi),
+            rounds,
+            points,
+            epochs,
+            criteria,
+            progress,
+            out=out,
+            overwrite=overwrite,
         )
-    report = find_transitions(
-        base,
-        (lo, hi),
-        rounds,
-        points,
-        epochs,
-        criteria,
-        progress,
-        out=out,
-        overwrite=overwrite,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / TRANSITIONS_FILE, report)
+        write_json(out / TRANSITIONS_FILE, report)
     return report
 
 

@@ -142,7 +142,7 @@ def load_dataset(
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose one of: {', '.join(SOURCES)}")
     if not 0.0 <= label_noise <= 1.0:
-        raise DataError(f"label_noise must be in [0, 1], got {label_noise!r}")
+        raise DataError(f"--label-noise must be in [0, 1], got {label_noise!r}")
     if pad_to is not None and (
         isinstance(pad_to, bool) or not isinstance(pad_to, (int, np.integer))
     ):

@@ -81,7 +81,9 @@ def use_data_size(x: np.ndarray, y: np.ndarray, n: int) -> tuple[np.ndarray, np.
     """
     total = len(y)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= total:
-        raise DataError(f"use_data_size must be an integer in [1, {total}], got {n!r}")
+        raise DataError(
+            f"--use-data-size must be an integer in [1, {total}] (the training set), got {n!r}"
+        )
     if n == total:
         return x, y
     return x[:n].copy(), y[:n].copy()
@@ -102,7 +104,7 @@ def label_noise_indices(n: int, fraction: float, seed: int = 0) -> np.ndarray:
         DataError: If ``fraction`` is outside [0, 1].
     """
     if not 0.0 <= fraction <= 1.0:
-        raise DataError(f"label_noise must be in [0, 1], got {fraction!r}")
+        raise DataError(f"--label-noise must be in [0, 1], got {fraction!r}")
     rng = np.random.default_rng(seed)
     return rng.choice(n, size=round(fraction * n), replace=False)
 
@@ -127,7 +129,7 @@ def add_label_noise(y: np.ndarray, fraction: float, num_classes: int, seed: int 
         DataError: If ``fraction`` is outside [0, 1].
     """
     if not 0.0 <= fraction <= 1.0:
-        raise DataError(f"label_noise must be in [0, 1], got {fraction!r}")
+        raise DataError(f"--label-noise must be in [0, 1], got {fraction!r}")
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(y), size=round(fraction * len(y)), replace=False)
     if idx.size == 0:
