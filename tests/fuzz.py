@@ -216,11 +216,11 @@ def _all_cases() -> list[Case]:
             "--precision": ["bogus"],
             "--grid": ["bogus"],
             "--checkpoint-every": ["-1", "abc"],
-            "--checkpoint-epochs": ["-1", "abc"],
+            "--checkpoint-epochs": ["-1", "abc", "1,1"],
             "--sharpness-every": ["-1"],
             "--sharpness-probes": ["0"],
             "--sharpness-iters": ["0"],
-            "--filter-log-elrs": ["5"],
+            "--filter-log-elrs": ["5", "1e-3,1e-3"],
             "--random-walk-from": ["{MISSING}", "{FILE}"],
             "--out": list(_OUTS.values()),
         },
@@ -237,8 +237,12 @@ def _all_cases() -> list[Case]:
             "sweep cifar missing dir", [*sweep, "--dataset", "cifar10", "--data-dir", "{MISSING}"]
         ),
         Case(
-            "sweep --random-walk-from non-walk",
+            "sweep --random-walk-from a longer run needed",
             [*sweep, "--random-walk", "--random-walk-from", "{SRC}", "--epochs", "3"],
+        ),
+        Case(
+            "sweep --random-walk-from another model",
+            [*sweep, "--random-walk", "--random-walk-from", "{SRC}", "--hidden", "9"],
         ),
         Case("sweep unknown flag", [*sweep, "--bogus"]),
     ]
@@ -250,7 +254,7 @@ def _all_cases() -> list[Case]:
         {
             "--from": ["{MISSING}", "{FILE}", "{FOREIGN}", ""],
             "--epoch": ["99", "-1", "abc"],
-            "--members": ["5", "abc"],
+            "--members": ["5", "abc", "1e-3,1e-3"],
             "--elrs": ["1e-3,1e-3", "0", "1e-50"],
             "--epochs": ["0"],
             "--data-key": ["bogus"],

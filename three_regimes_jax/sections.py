@@ -184,6 +184,7 @@ class MeasureConfig(Section):
         "members (by ELR) whose steps --filter-log-steps logs (default: all)",
         "floats",
         positive=True,
+        unique=True,
     )
 
 
@@ -201,7 +202,7 @@ class CheckpointConfig(Section):
     """
 
     epochs: tuple[int, ...] = option(
-        (), "--checkpoint-epochs", "comma-separated epochs, e.g. 0,1,5", "ints", low=0
+        (), "--checkpoint-epochs", "comma-separated epochs, e.g. 0,1,5", "ints", low=0, unique=True
     )
     every: int = option(0, "--checkpoint-every", "every N epochs", "int", low=0)
     log: bool = option(False, "--checkpoint-log", "the paper's log-spaced schedule", "bool")
@@ -250,7 +251,12 @@ class FinetuneConfig(Section):
     )
     epoch: int = option(0, "--epoch", "source checkpoint epoch (default: the latest)", "int", low=0)
     members: tuple[float, ...] = option(
-        (), "--members", "source ELRs to fine-tune (default: all)", "floats", positive=True
+        (),
+        "--members",
+        "source ELRs to fine-tune (default: all)",
+        "floats",
+        positive=True,
+        unique=True,
     )
     data_key: str = option(
         "continue", "--data-key", "batch order: continue or new", "str", choices=DATA_KEYS

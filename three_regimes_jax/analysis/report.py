@@ -131,26 +131,41 @@ def format_regimes(report: Mapping[str, Any], metrics: Mapping[str, Any] | None 
 _RW_FREE = {"random_walk", "random_walk_from", "strategy", "precision", "data_dir"}
 
 
-def check_random_walk_pair(config: Any, rw_config: Any, rw_path: str | os.PathLike) -> None:
-    """Checks that ``rw_path`` holds the random-walk twin of the run of ``config``.
+def check_random_walk_pair(
+    config: Any,
+    rw_config: Any,
+    *,
+    regular: str,
+    walk: str,
+    free: Iterable[str] = (),
+) -> None:
+    """Checks that two results are a regular run and its random-walk twin (App. M).
+
+    Args:
+      config: the regular run's config (either ``config.json`` layout).
+      rw_config: the random walk's config.
+      regular: how to name the regular run in errors (e.g. ``"--random-walk-from DIR"``).
+      walk: how to name the random walk in errors.
+      free: flat fields that may differ besides the random-walk ones (e.g. a
+        random walk may cover fewer ELRs or epochs than its reference).
 
     Raises:
-      UserError: the baseline was not made with ``--random-walk``, the run
-        itself was, or they differ in model, data or training grid.
+      UserError: the walk was not made with ``--random-walk``, the regular run
+        was, or they differ in model, data or training.
     """
     try:
         run, rw = Config.from_dict(config), Config.from_dict(rw_config)
     except UserError as e:
-        raise UserError(f"--random-walk {rw_path}: cannot compare the configs ({e})") from None
+        raise UserError(f"{walk}: cannot compare the configs ({e})") from None
     if not rw.train.random_walk:
         raise UserError(
-            f"--random-walk {rw_path} is not a random-walk run (it was made without "
-            "--random-walk); pass the results of the same grid run with --random-walk"
+            f"{walk} is not a random-walk run (it was made without --random-walk); "
+            "pass the results of the same grid run with --random-walk"
         )
     if run.train.random_walk:
-        raise UserError("the run itself is a random walk; pass the regular run as DIR")
+        raise UserError(f"{regular} is itself a random walk; pass the regular run")
     fa, fb = run.to_flat(), rw.to_flat()
-    names = set(flat_names()) - _RW_FREE
+    names = set(flat_names()) - _RW_FREE - set(free)
     sections = {"model", "data", "train"}
     diff = sorted(
         k
@@ -159,8 +174,8 @@ def check_random_walk_pair(config: Any, rw_config: Any, rw_path: str | os.PathLi
     )
     if diff:
         raise UserError(
-            f"--random-walk {rw_path} is not this run's random walk (differs in: "
-            f"{', '.join(diff)}); run the same grid with --random-walk"
+            f"{walk} and {regular} are not the same run (differs in: {', '.join(diff)}); "
+            "a random walk needs the regular run's model, data and training flags"
         )
 
 
@@ -191,7 +206,9 @@ def run_regimes_command(
     rw = None
     if random_walk is not None:
         rw_res = load_results(random_walk)
-        check_random_walk_pair(res.config, rw_res.config, random_walk)
+        check_random_walk_pair(
+            res.config, rw_res.config, regular=str(path), walk=f"--random-walk {random_walk}"
+        )
         rw = rw_res.metrics
     report = classify(
         res.metrics, num_classes=num_classes_of(res.config), criteria=criteria, random_walk=rw

@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from three_regimes_jax.analysis.report import check_random_walk_pair
 from three_regimes_jax.config import Config
 from three_regimes_jax.engine.data import Dataset, load_dataset
 from three_regimes_jax.engine.grid import GridState, member, shard_grid
@@ -151,6 +152,13 @@ def random_walk_norms(
     if src is None:
         return None
     ref = load_results(src)
+    check_random_walk_pair(
+        ref.config,
+        config.to_dict(),
+        regular=f"--random-walk-from {src}",
+        walk="this run",
+        free=("elrs", "seeds", "epochs", "grid"),
+    )
     m = ref.metrics
     key = "eff_grad_norm_traj" if "eff_grad_norm_traj" in m else "eff_grad_norm"
     missing_epochs = sorted(
