@@ -40,12 +40,15 @@ def _flag_words(flag: str, kind: str, value: Any) -> list[str]:
 def _config_words(step: dict[str, Any], kind: Kind) -> list[str]:
     """Flags of a config tree: the fields it sets plus the command's required ones."""
     tree = step["config"]
+    required = set(kind.required)
+    if tree.get("train", {}).get("mode") == "whole":
+        required -= {"elrs"}  # a whole-space sweep has --lrs instead
     words = []
     for section in kind.sections:
         given = tree.get(section, {})
         for f in fields_of(section):
             m = f.metadata
-            if f.name in given or m["flat"] in kind.required:
+            if f.name in given or m["flat"] in required:
                 words += _flag_words(m["flag"], m["kind"], given.get(f.name, f.default))
     return words
 

@@ -47,11 +47,15 @@ class RunInfo:
       model: the architecture (e.g. ``mlp_si``), None if unknown.
       dataset: the dataset (e.g. ``digits``), None if unknown.
       random_walk: whether the run is a random-walk baseline (App. M).
+      whole: ``None`` on the sphere; in the whole parameter space (``train.mode
+        = whole``) a few words on how, e.g. ``"whole space, cosine LR, wd
+        0.0005, momentum 0.9, augmented"``.
     """
 
     model: str | None
     dataset: str | None
     random_walk: bool
+    whole: str | None = None
 
 
 def _lookup(config: Mapping[str, Any], section: str, key: str, flat: str) -> Any:
@@ -91,7 +95,16 @@ def run_info(config: Any) -> RunInfo:
             dataset if isinstance(dataset, str) else None,
             bool(_lookup(config, "train", "random_walk", "random_walk")),
         )
-    return RunInfo(cfg.model.name, cfg.data.dataset, cfg.train.random_walk)
+    t = cfg.train
+    whole = None
+    if t.mode == "whole":
+        wds = ",".join(f"{w:g}" for w in t.weight_decays)
+        whole = f"whole space, {t.schedule} LR, wd {wds}" + (
+            f", momentum {t.momentum:g}" if t.momentum else ""
+        )
+    if t.augment:
+        whole = (whole or "sphere") + ", augmented"
+    return RunInfo(cfg.model.name, cfg.data.dataset, t.random_walk, whole)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +192,15 @@ class Run:
 
     def title(self) -> str:
         """``model on dataset`` from the config (empty if unknown)."""
-        model, data = self.info.model, self.info.dataset
-        return f"{model} on {data}" if model and data else ""
+        info = self.info
+        model, data = info.model, info.dataset
+        text = f"{model} on {data}" if model and data else ""
+        return f"{text} ({info.whole})" if text and info.whole else text
+
+    @property
+    def sweeps_lr(self) -> bool:
+        """Whether the run sweeps LRs (whole space): its ``elr`` array holds initial LRs."""
+        return "lr" in self.metrics
 
 
 def as_runs(runs: RunLike | Sequence[RunLike]) -> list[Run]:
@@ -223,8 +243,9 @@ def _dedupe_labels(runs: list[Run]) -> None:
 
 
 def run_palette(runs: Sequence[Run]) -> ElrPalette:
-    """One ELR palette over every member of every run."""
-    return ElrPalette(np.concatenate([r.elr for r in runs]))
+    """One ELR palette over every member of every run (titled "LR" for whole-space runs)."""
+    title = "LR" if runs and all(r.sweeps_lr for r in runs) else "ELR"
+    return ElrPalette(np.concatenate([r.elr for r in runs]), title=title)
 
 
 def suptitle(fig: Figure, what: str, runs: Sequence[Run]) -> None:

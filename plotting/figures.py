@@ -94,6 +94,10 @@ _OVERVIEW = (
 def overview(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear") -> Figure:
     """Train loss, test error and mean effective gradient norm vs epoch (paper Fig. 1 left).
 
+    Whole-space runs (``--train whole``, keyed by LR) get a fourth panel: the
+    norm of the SI weights, which weight decay and the gradient steps move
+    (the periodic behaviour of Lobacheva et al.).
+
     One line per member, coloured by its ELR; several runs (e.g. fine-tunes
     over their baselines) are overlaid with one line style each.
 
@@ -108,9 +112,12 @@ def overview(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear") 
     rs = as_runs(runs)
     palette = run_palette(rs)
     cs = curves(rs)
-    fig = new_figure(15.0, 4.2)
-    axes = fig.subplots(1, 3)
-    for ax, (name, label, scale) in zip(axes, _OVERVIEW, strict=True):
+    panels = _OVERVIEW
+    if palette.title == "LR":  # whole space: the SI norm moves (on the sphere it is fixed)
+        panels += (("si_norm", "SI weight norm", "log"),)
+    fig = new_figure(5.0 * len(panels), 4.2)
+    axes = fig.subplots(1, len(panels))
+    for ax, (name, label, scale) in zip(axes, panels, strict=True):
         for c in cs:
             y = c.run.array(name)[c.index]
             x = epochs_on(c.run, epoch_scale)
@@ -120,7 +127,8 @@ def overview(runs: RunLike | Sequence[RunLike], *, epoch_scale: str = "linear") 
         ax.set_ylabel(label)
         ax.grid(True, which="major", alpha=0.3)
     _legends(fig, palette, cs)
-    suptitle(fig, "Training at fixed ELR", rs)
+    what = "Training at fixed ELR" if palette.title == "ELR" else "Training by (initial) LR"
+    suptitle(fig, what, rs)
     guard_log_axes(fig)
     return fig
 

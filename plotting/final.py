@@ -210,7 +210,7 @@ def scatter(
     for ax, (_, label, scale) in zip(axes, _SCATTER, strict=True):
         ax.set_xscale("log")
         ax.set_yscale(scale)
-        ax.set_xlabel("ELR")
+        ax.set_xlabel("initial LR" if all(r.sweeps_lr for r in rs) else "ELR")
         ax.set_ylabel(label)
         ax.grid(True, which="major", alpha=0.3)
     entries = []
@@ -295,6 +295,9 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
     g_elr, g_gn, g_ess = (r.array(k) for k in needed)
     n = g_elr.shape[2]
     names = [str(s) for s in r.metrics.get("group_names", [f"group {i}" for i in range(n)])]
+    alone = np.asarray(r.metrics.get("group_individually_si", np.ones(n, bool)), bool)
+    if alone.shape == (n,):  # groups SI only jointly (a ResNet's residual streams) say so
+        names = [nm if ok else f"{nm} (joint SI)" for nm, ok in zip(names, alone, strict=True)]
     palette = ElrPalette(r.elr[sel])
     g_cols = group_colors(n)
 

@@ -104,9 +104,14 @@ class ElrPalette:
       elrs: every ELR the figure will show (any shape; NaNs and non-positive
         values are ignored).
       cmap: a matplotlib colormap name.
+      title: the legend title: ``"ELR"``, or ``"LR"`` for whole-space runs,
+        whose members are keyed by their initial LR.
     """
 
-    def __init__(self, elrs: Iterable[float] | np.ndarray, cmap: str = "rainbow"):
+    def __init__(
+        self, elrs: Iterable[float] | np.ndarray, cmap: str = "rainbow", title: str = "ELR"
+    ):
+        self.title = title
         from matplotlib import colormaps
 
         vals = np.asarray(list(elrs) if not isinstance(elrs, np.ndarray) else elrs, np.float64)
@@ -162,7 +167,7 @@ def elr_legend(
       style: extra Line2D keywords of the handles (e.g. markers).
       **kw: more ``legend`` keywords.
     """
-    return _place(target, palette.handles(elrs, **(style or {})), "ELR", loc, kw)
+    return _place(target, palette.handles(elrs, **(style or {})), palette.title, loc, kw)
 
 
 def style_legend(

@@ -223,8 +223,49 @@ def _all_cases() -> list[Case]:
             "--filter-log-elrs": ["5", "1e-3,1e-3"],
             "--random-walk-from": ["{MISSING}", "{FILE}"],
             "--out": list(_OUTS.values()),
+            "--use-test-size": ["0", "abc", "100000"],
+            "--train": ["bogus"],
+            "--lrs": ["0.1"],
+            "--weight-decays": ["0"],
+            "--momentum": ["0.9"],
+            "--schedule": ["cosine", "bogus"],
+            "--noninv-lr": ["0"],
+            "--split-test": ["0.5"],
+            "--vocab-size": ["1"],
+            "--max-len": ["0"],
+            "--d-model": ["0"],
+            "--heads": ["0"],
+            "--dropout": ["1", "-0.1"],
+            "--positional": ["bogus"],
+            "--pooling": ["bogus"],
         },
     )
+    whole = [a for a in sweep if a not in ("--elrs", "1e-3")] + ["--train", "whole"]
+    whole += ["--lrs", "0.1"]
+    cs += _flag_cases(
+        "sweep --train whole",
+        whole,
+        {
+            "--lrs": ["", "0", "nan", "-1", "0.1,0.1"],
+            "--weight-decays": ["-1", "nan", "", "0,0"],
+            "--momentum": ["1", "-0.1", "nan"],
+            "--noninv-lr": ["-0.5", "-2", "nan"],
+            "--elrs": ["1e-3"],
+        },
+    )
+    cs += [
+        Case("sweep --train whole without --lrs", whole[:-2]),
+        Case("sweep --train whole --random-walk", [*whole, "--random-walk"]),
+        Case("sweep --train whole --grid zip", [*whole, "--grid", "zip"]),
+        Case("sweep --augment on digits", [*whole, "--augment"]),
+        Case("sweep transformer on digits", [*whole, "--model", "transformer"]),
+        Case("sweep ag_news with mlp_si", [*whole, "--dataset", "ag_news"]),
+        Case(
+            "sweep --heads not dividing",
+            [*whole, "--model", "transformer", "--dataset", "ag_news", "--heads", "3"],
+        ),
+        Case("sweep without --elrs", [a for a in sweep if a not in ("--elrs", "1e-3")]),
+    ]
     cs += [
         Case("sweep --out other run", [*sweep[:-1], "{SRC}"], out="{SRC}"),
         Case("sweep --resume nothing", [*sweep, "--resume"]),

@@ -325,8 +325,8 @@ def test_missing_dataset_names_paths(tmp_path: Path) -> None:
 
 
 def test_unknown_name_and_source() -> None:
-    with pytest.raises(DataError, match="digits, mnist, cifar10, cifar100"):
+    with pytest.raises(DataError, match="digits, mnist, cifar10, cifar100, ag_news"):
         load_dataset("imagenet")
-    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100")
+    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100", "ag_news")
     with pytest.raises(DataError, match="source"):
         load_dataset("mnist", source="web")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from importlib import resources
 from pathlib import Path
@@ -27,13 +26,6 @@ from three_regimes_jax.errors import UserError
 NAMES = experiment_names()
 READY = [n for n in NAMES if load_experiment(n)["status"] == "ready"]
 README = Path(__file__).resolve().parents[1] / "experiments" / "README.md"
-# Paper variants with ResNet-18-SI steps, which the library does not have yet.
-NEEDS_RESNET = {"fig11"}
-RESNET_ERROR = r"unknown.*model.*'resnet18_si'"
-
-
-def _is_resnet(step) -> bool:
-    return step.get("config", {}).get("model", {}).get("name") == "resnet18_si"
 
 
 def _steps(variant: str):
@@ -43,11 +35,10 @@ def _steps(variant: str):
             yield name, i, step
 
 
-def test_catalog_covers_the_sphere_figures_and_lists_pending_ones():
+def test_catalog_covers_every_figure_and_none_is_pending():
     ready = {int(n[3:]) for n in READY}
-    assert ready == {*range(1, 7), *range(8, 14), *range(15, 25), 27}
-    pending = {int(r["name"][3:]) for r in list_experiments() if r["status"] == "pending"}
-    assert pending == {7, 14, 25, 26, 28}
+    assert ready == set(range(1, 29))
+    assert not [r for r in list_experiments() if r["status"] == "pending"]
     assert [r["name"] for r in list_experiments()] == NAMES  # figure order
     assert NAMES[:3] == ["fig1", "fig2", "fig3"]
 
@@ -74,17 +65,13 @@ def test_every_config_validates(name):
 
 
 @pytest.mark.parametrize("variant", ["quick", "paper"])
-def test_every_step_checks_except_the_resnet_ones(variant, tmp_path):
-    """Every config tree builds, every toy and plot step checks; only ResNet-18-SI fails."""
-    failed = {}
+def test_every_step_checks(variant, tmp_path):
+    """Every config tree builds (ResNets, whole-space and Transformer runs included)."""
     for name, i, step in _steps(variant):
         try:
             check_step(runner.substitute(step, tmp_path, tmp_path))
         except UserError as e:
-            failed.setdefault(name, []).append((i, str(e)))
-            assert _is_resnet(step) and re.search(RESNET_ERROR, str(e)), (name, i, str(e))
-    expected = NEEDS_RESNET if variant == "paper" else set()
-    assert set(failed) == expected
+            raise AssertionError((name, variant, i, str(e))) from None
 
 
 def _tree_config(tree):
@@ -106,10 +93,6 @@ def test_sweep_command_lines_give_the_steps_config(variant):
             continue
         count += 1
         args = _parse(step)
-        if _is_resnet(step):
-            with pytest.raises(UserError, match=RESNET_ERROR):
-                cli.config_from_args(args)
-            continue
         assert cli.config_from_args(args) == _tree_config(step["config"]), name
         assert args.out == step["out"] and not args.resume
     assert count >= len(READY) - 2  # figs 2 and 8 are the toy
@@ -187,9 +170,13 @@ def test_unknown_experiment_lists_the_names():
         load_experiment("banana")
 
 
-def test_unknown_variant_and_pending_figures_are_refused():
+def test_unknown_variant_and_pending_figures_are_refused(monkeypatch):
     with pytest.raises(UserError, match="unknown variant 'huge'"):
         run_experiment("fig1", "huge", dry_run=True)
+    old = load_experiment("fig7")
+    cfg = {k: old[k] for k in ("figure", "title", "shows", "notes")} | {"status": "pending"}
+    validate_config(cfg, "fig7")
+    monkeypatch.setattr(runner, "load_experiment", lambda name: cfg)
     with pytest.raises(UserError, match="fig7 is pending"):
         run_experiment("fig7", dry_run=True)
 
@@ -307,10 +294,11 @@ def test_readme_shows_the_command_of_every_step():
             assert format_step(step) + "\n" in text, (name, variant, i)
 
 
-def test_resnet_steps_are_refused_in_one_line_before_anything_runs(tmp_path):
-    """Fig. 11 (paper) needs resnet18_si: refused up front, one line naming the model."""
+def test_missing_cifar_is_refused_in_one_line_before_anything_runs(tmp_path, monkeypatch):
+    """Fig. 11 (paper) needs CIFAR: refused up front, one line naming the path."""
+    monkeypatch.setenv("THREE_REGIMES_DATA_DIR", str(tmp_path / "data"))
     out = tmp_path / "o"
-    with pytest.raises(UserError, match=RESNET_ERROR) as e:
+    with pytest.raises(UserError, match=r"needs data at .*cifar-100-python") as e:
         run_experiment("fig11", "paper", out=out)
-    assert "\n" not in str(e.value) and "nothing was run" in str(e.value)
+    assert "\n" not in str(e.value)
     assert not out.exists()

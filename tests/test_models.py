@@ -178,3 +178,24 @@ def test_fast_vjp_convolution_matches_xla_gradients():
     with pytest.raises(TypeError):
         jax.jvp(lambda k: conv_same_fast_vjp(x, k), (kernels[0],), (kernels[1],))
     jax.eval_shape(lambda k: jax.jvp(lambda k: _conv_same(x, k), (k,), (kernels[1],)), kernels[0])
+
+
+def test_every_registered_model_builds_from_a_config_with_its_default_width():
+    from three_regimes_jax.config import MODEL_NAMES, Config
+    from three_regimes_jax.engine.models import MODELS, build_model_from_config, si_sets_of
+
+    assert MODELS == MODEL_NAMES
+    widths = {"convnet_si": 32, "convnet_si_af": 32, "resnet18_si": 32, "resnet18_si_af": 32}
+    widths["resnet18"] = 64
+    for name in MODEL_NAMES:
+        data = {"dataset": "ag_news"} if name == "transformer" else {}
+        model = build_model_from_config(Config.from_flat(model=name, **data), 4)
+        if name in widths:
+            assert model.width == widths[name], name
+    cfg = Config.from_flat(model="transformer", dataset="ag_news", vocab_size=50, max_len=7)
+    model = build_model_from_config(cfg, 4)
+    assert (model.vocab_size, model.max_len, model.num_classes) == (50, 7, 4)
+    sets = si_sets_of(
+        build_model_from_config(Config.from_flat(model="resnet18_si", width=2), 10), (32, 32, 3)
+    )
+    assert len(sets) == 20 and sets.count(None) == 8

@@ -1,4 +1,4 @@
-"""three_regimes_jax: scale-invariant networks trained on the sphere at fixed ELRs.
+"""three_regimes_jax: scale-invariant networks trained on the sphere at fixed ELRs, and beyond.
 
 Public API (re-exports only; see README.md).  Names are imported lazily, on
 first use, so that light modules (``three_regimes_jax.storage.results``, used by the
@@ -25,6 +25,14 @@ _EXPORTS = {
     "MODELS": "engine.models",
     "ConvNetSI": "engine.models",
     "MLPSI": "engine.models",
+    "ResNet18SI": "engine.models",
+    "Transformer": "engine.models",
+    "build_model_from_config": "engine.models",
+    "si_sets": "engine.sphere",
+    "individually_si": "engine.sphere",
+    "whole_sgd_swept": "engine.optim",
+    "lr_schedule": "engine.optim",
+    "random_crop_flip": "engine.augment",
     "build_model": "engine.models",
     "init_model": "engine.models",
     "Results": "storage.results",

@@ -39,11 +39,12 @@ SWEEP_SECTIONS = ("model", "data", "train", "measure", "checkpoint", "run")
 def _add_sweep(sub) -> None:
     p = sub.add_parser(
         "sweep",
-        help="train an ELR x seed grid of SI models on the sphere",
-        description="Train every (ELR, seed) member in one compiled step per epoch and "
-        "write DIR/config.json, DIR/metrics.npz and DIR/summary.json.",
+        help="train an ELR x seed grid on the sphere (or LR x weight decay x seed, --train whole)",
+        description="Train every (ELR, seed) member (with --train whole: every (LR, weight "
+        "decay, seed) member) in one compiled step per epoch and write DIR/config.json, "
+        "DIR/metrics.npz and DIR/summary.json.",
     )
-    add_config_flags(p, SWEEP_SECTIONS, required=("--elrs", "--epochs"))
+    add_config_flags(p, SWEEP_SECTIONS, required=("--epochs",))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     _add_output(p)
     p.set_defaults(func=_cmd_sweep)
@@ -58,6 +59,8 @@ def _add_output(p) -> None:
 def _cmd_sweep(args) -> int:
     from three_regimes_jax.studies.sweep import run_sweep
 
+    if getattr(args, "train_mode", "sphere") == "sphere" and not hasattr(args, "elrs"):
+        raise UserError("sweep needs --elrs on the sphere (or --train whole with --lrs)")
     res = run_sweep(
         config_from_args(args),
         out=args.out,

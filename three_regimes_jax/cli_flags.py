@@ -87,7 +87,7 @@ def _flag_type(kind: str, flag: str):
                 return tuple(parse_ints(text, flag))
             if kind in ("int", "opt_int"):
                 return int(text)
-            if kind == "float":
+            if kind in ("float", "opt_float"):
                 return float(text)
             return text
         except (UserError, ValueError) as e:
@@ -106,4 +106,18 @@ def config_from_args(args, **overrides):
 
     names = flat_names()
     given = {k: v for k, v in vars(args).items() if k in names}
+    mode = given.get("train_mode", "sphere")
+    other = "sphere" if mode == "whole" else "whole"
+    for flat in MODE_FLAGS[other]:
+        if flat in given:
+            flag = "--" + flat.replace("_", "-")
+            hint = "; --train whole sweeps --lrs" if flat == "elrs" else ""
+            raise UserError(f"{flag} applies to --train {other} only{hint}")
     return Config.from_flat(**{**given, **overrides})
+
+
+#: Flat names of the flags that apply to one training mode only.
+MODE_FLAGS = {
+    "sphere": ("elrs", "random_walk", "random_walk_from"),
+    "whole": ("lrs", "weight_decays", "momentum", "schedule", "noninv_lr"),
+}

@@ -45,10 +45,14 @@ CONFIG_VERSION = 2
 from three_regimes_jax.sections import (  # noqa: E402 (re-exported: the tree's parts)
     DATA_KEYS,
     DATASET_NAMES,
+    DEFAULT_ELRS,
+    DEFAULT_WIDTH,
     GRIDS,
     MODEL_NAMES,
     PRECISIONS,
+    SCHEDULES,
     STRATEGIES,
+    TRAIN_MODES,
     CheckpointConfig,
     DataConfig,
     FinetuneConfig,
@@ -130,6 +134,23 @@ class Config:
                 "--filter-log-steps takes START,END with START < END and needs --filter-groups, "
                 f"got {','.join(map(str, steps))}"
             )
+        md, d = self.model, self.data
+        if (md.name == "transformer") != (d.dataset == "ag_news"):
+            raise UserError(
+                "--model transformer and --dataset ag_news go together (a text model for a "
+                f"text dataset), got --model {md.name} with --dataset {d.dataset}"
+            )
+        if md.name == "transformer" and md.d_model % md.heads:
+            raise UserError(
+                f"--heads ({md.heads}) must divide --d-model ({md.d_model}) for the Transformer"
+            )
+        if d.split_test is not None and d.dataset != "ag_news":
+            raise UserError("--split-test applies to --dataset ag_news only")
+        if t.augment and d.dataset in ("ag_news", "digits"):
+            raise UserError(
+                f"--augment (random crop 32 with padding 4, horizontal flip) is for CIFAR "
+                f"(or MNIST padded to 32 x 32) images, not --dataset {d.dataset}"
+            )
         if t.random_walk_from is not None and not t.random_walk:
             raise UserError("--random-walk-from needs --random-walk")
         if m.sharpness_every and 0 < m.sharpness_size < t.batch_size:
@@ -163,18 +184,54 @@ class Config:
         return self.start_epoch + self.train.epochs
 
     @property
+    def whole(self) -> bool:
+        """Whether the run trains in the whole parameter space (``train.mode == "whole"``)."""
+        return self.train.mode == "whole"
+
+    def _members(self) -> list[tuple[float, float, int]]:
+        """``(elr or lr, weight decay, seed)`` of each member, in grid order."""
+        t = self.train
+        if self.whole:
+            return [(lr, wd, s) for lr in t.lrs for wd in t.weight_decays for s in t.seeds]
+        if t.grid == "zip":
+            return [(e, 0.0, s) for e, s in zip(t.elrs, t.seeds, strict=True)]
+        return [(e, 0.0, s) for e in t.elrs for s in t.seeds]
+
+    @property
+    def grid_size(self) -> int:
+        """Number of members G of a sweep."""
+        return len(self._members())
+
+    @property
     def member_elrs(self) -> list[float]:
-        """ELR of each member of a sweep (length G; ELR-major for the product grid)."""
-        if self.train.grid == "zip":
-            return list(self.train.elrs)
-        return [e for e in self.train.elrs for _ in self.train.seeds]
+        """ELR of each member of a sweep on the sphere (ELR-major for the product grid).
+
+        Whole-space runs have no fixed ELR: this is their (initial) LR, see
+        :attr:`member_lrs`.
+        """
+        return [m[0] for m in self._members()]
+
+    @property
+    def member_lrs(self) -> list[float]:
+        """Initial LR of each member of a whole-space sweep (LR-major; empty on the sphere)."""
+        return [m[0] for m in self._members()] if self.whole else []
+
+    @property
+    def member_weight_decays(self) -> list[float]:
+        """Weight decay of each member of a sweep (LR-major; 0 on the sphere)."""
+        return [m[1] for m in self._members()]
+
+    @property
+    def member_hypers(self) -> list[dict[str, float]]:
+        """Each member's optimizer hyperparameters: ``{"elr"}`` or ``{"lr", "weight_decay"}``."""
+        if self.whole:
+            return [{"lr": m[0], "weight_decay": m[1]} for m in self._members()]
+        return [{"elr": m[0]} for m in self._members()]
 
     @property
     def member_seeds(self) -> list[int]:
         """Seed of each member of a sweep (length G)."""
-        if self.train.grid == "zip":
-            return list(self.train.seeds)
-        return [s for _ in self.train.elrs for s in self.train.seeds]
+        return [m[2] for m in self._members()]
 
     # ------------------------------------------------------------------ building
 
@@ -283,6 +340,10 @@ def _from_v1(d: Mapping[str, Any]) -> Config:
 
 __all__ = [
     "CONFIG_VERSION",
+    "DEFAULT_ELRS",
+    "DEFAULT_WIDTH",
+    "SCHEDULES",
+    "TRAIN_MODES",
     "DATASET_NAMES",
     "DATA_KEYS",
     "GRIDS",

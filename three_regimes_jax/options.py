@@ -42,7 +42,7 @@ def option(
       flag: the command-line flag, e.g. ``"--batch-size"``.
       help: one line for ``--help``.
       kind: ``str``, ``int``, ``float``, ``bool``, ``ints``, ``floats`` (comma
-        lists), ``opt_int`` or ``opt_str`` (may be None).
+        lists), ``opt_int``, ``opt_float`` or ``opt_str`` (may be None).
       low: smallest allowed value (of each item for lists).
       high: largest allowed value.
       choices: allowed strings.

@@ -8,11 +8,29 @@ from __future__ import annotations
 
 import dataclasses
 
+from three_regimes_jax.errors import UserError
 from three_regimes_jax.options import Section, option
 
 # Names the engine registers; tests check that the registries match.
-MODEL_NAMES = ("mlp_si", "convnet_si")
-DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100")
+MODEL_NAMES = (
+    "mlp_si",
+    "convnet_si",
+    "convnet_si_af",
+    "resnet18_si",
+    "resnet18_si_af",
+    "resnet18",
+    "transformer",
+)
+DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100", "ag_news")
+TRAIN_MODES = ("sphere", "whole")
+SCHEDULES = ("constant", "cosine")
+POSITIONAL = ("sinusoidal", "learned")
+POOLING = ("mean", "first")
+#: ``train.elrs`` when not set; a whole-space run (which sweeps ``lrs``) has none.
+DEFAULT_ELRS = (1e-3, 1e-2, 1e-1, 1.0)
+#: The width ``k`` of each model when ``model.width`` is not set (paper App. C).
+DEFAULT_WIDTH = {"convnet_si": 32, "convnet_si_af": 32, "resnet18_si": 32}
+DEFAULT_WIDTH |= {"resnet18_si_af": 32, "resnet18": 64}
 STRATEGIES = ("auto", "vmap", "map")
 GRIDS = ("product", "zip")
 PRECISIONS = ("highest", "high", "default")
@@ -24,10 +42,24 @@ class ModelConfig(Section):
     """The architecture.
 
     Attributes:
-      name: ``mlp_si`` (paper App. O) or ``convnet_si`` (App. C).
-      width: ConvNetSI width ``k``.
+      name: ``mlp_si`` (paper App. O), ``convnet_si`` (App. C), ``convnet_si_af``
+        (ConvNetSI with affine BN and a trainable head, for conventional
+        training), ``resnet18_si`` (the SI ResNet-18 of App. C/D),
+        ``resnet18_si_af`` (its affine, trainable-head twin), ``resnet18``
+        (conventional ResNet-18, Sec. 6) or ``transformer`` (AG News, App. O).
+      width: width factor ``k`` of the ConvNets and ResNets (None: the model's
+        paper default, :data:`DEFAULT_WIDTH`: 32, and 64 for ``resnet18``;
+        the paper uses 64 for ConvNet on CIFAR-100).
       depth: ConvNetSI depth.
       hidden: MLP-SI hidden widths.
+      d_model: Transformer model width (paper: 32).
+      heads: Transformer attention heads (paper: 1).
+      layers: Transformer encoder layers (paper: N = 1).
+      d_ff: Transformer feed-forward width (not in the paper: 4 x d_model, as
+        in Vaswani et al.).
+      positional: Transformer positional encoding (not in the paper).
+      pooling: how the Transformer pools tokens for the classifier (not in the paper).
+      dropout: Transformer dropout in training steps (not in the paper: 0).
       init_scale: norm of the frozen last layer's weight (paper: 10).
       train_last_layer: train the last layer (a non-SI parameter) instead of
         freezing it.
@@ -37,7 +69,13 @@ class ModelConfig(Section):
     """
 
     name: str = option("mlp_si", "--model", "the architecture", "str", choices=MODEL_NAMES)
-    width: int = option(32, "--width", "ConvNetSI width k", "int", low=1)
+    width: int | None = option(
+        None,
+        "--width",
+        "width factor k (default: the model's, 32; 64 for resnet18)",
+        "opt_int",
+        low=1,
+    )
     depth: int = option(3, "--depth", "ConvNetSI depth", "int", low=1)
     hidden: tuple[int, ...] = option(
         (300, 100), "--hidden", "MLP-SI hidden widths", "ints", low=1, nonempty=True
@@ -54,6 +92,17 @@ class ModelConfig(Section):
         "draw the last layer per seed (default: one head for all seeds, as the official code)",
         "bool",
     )
+    d_model: int = option(32, "--d-model", "Transformer width", "int", low=1)
+    heads: int = option(1, "--heads", "Transformer attention heads", "int", low=1)
+    layers: int = option(1, "--layers", "Transformer encoder layers", "int", low=1)
+    d_ff: int = option(128, "--d-ff", "Transformer feed-forward width", "int", low=1)
+    positional: str = option(
+        "sinusoidal", "--positional", "Transformer positional encoding", "str", choices=POSITIONAL
+    )
+    pooling: str = option("mean", "--pooling", "Transformer token pooling", "str", choices=POOLING)
+    dropout: float = option(
+        0.0, "--dropout", "Transformer dropout in training steps", "float", low=0.0, high=0.99
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +110,18 @@ class DataConfig(Section):
     """The dataset.
 
     Attributes:
-      dataset: ``digits`` (embedded), ``mnist``, ``cifar10`` or ``cifar100``.
+      dataset: ``digits`` (embedded), ``mnist``, ``cifar10``, ``cifar100`` or ``ag_news``.
       data_dir: folder with the original files (else ``THREE_REGIMES_DATA_DIR``, then TFDS).
       use_data_size: train on the first N training examples only.
       label_noise: fraction of training labels replaced by uniformly random ones.
       noise_seed: seed of the label noise.
+      use_test_size: evaluate on the first N test examples only (quick runs).
+      split_test: AG News only: train on this fraction of the test file
+        (stratified, fixed seed) and evaluate on the rest, for machines that
+        have only the test split (``../shared/data/ag_news_csv``).
+      vocab_size: AG News vocabulary size, ``<pad>`` and ``<unk>`` included
+        (built from the training texts only).
+      max_len: AG News tokens per text (longer texts are truncated).
     """
 
     dataset: str = option("digits", "--dataset", "the dataset", "str", choices=DATASET_NAMES)
@@ -79,6 +135,19 @@ class DataConfig(Section):
         0.0, "--label-noise", "fraction of noisy training labels", "float", low=0.0, high=1.0
     )
     noise_seed: int = option(0, "--noise-seed", "seed of the label noise", "int", low=0)
+    use_test_size: int | None = option(
+        None, "--use-test-size", "evaluate on the first N test examples only", "opt_int", low=1
+    )
+    split_test: float | None = option(
+        None,
+        "--split-test",
+        "ag_news: train on this fraction of the test file, evaluate on the rest",
+        "opt_float",
+        low=1e-6,
+        high=1.0 - 1e-6,
+    )
+    vocab_size: int = option(20000, "--vocab-size", "ag_news vocabulary size", "int", low=2)
+    max_len: int = option(64, "--max-len", "ag_news tokens per text", "int", low=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +172,30 @@ class TrainConfig(Section):
         gradient at the random walk's own point.
       grid: ``product`` (every ELR with every seed, ELR-major) or ``zip``
         (ELR ``i`` with seed ``i``: a different seed per ELR, paper Fig. 12).
+      mode: ``sphere`` (fixed-ELR projected SGD on the sphere, Sec. 4) or
+        ``whole`` (SGD in the whole parameter space, the official ``fix_lr``
+        mode: Sec. 6 and App. N).  A whole-space grid is ``lrs x
+        weight_decays x seeds``, LR-major.
+      lrs: whole space: the initial learning rates swept.
+      weight_decays: whole space: the L2 weight decays swept (coupled, as
+        PyTorch's SGD: ``g += wd * theta`` before momentum).
+      momentum: whole space: heavy-ball momentum as PyTorch (dampening 0).
+      schedule: whole space: ``constant`` or ``cosine`` (PyTorch's
+        CosineAnnealingLR with ``T_max = epochs``, stepped per epoch).
+      noninv_lr: whole space: learning rate of the non-SI parameters (the
+        official ``noninvlr``): ``-1`` the main LR (and its schedule), ``0``
+        frozen, else this fixed value.
+      augment: random crop 32 with padding 4 and horizontal flips of the
+        training batches (images of 32 x 32 only; metric passes never augment).
     """
 
     elrs: tuple[float, ...] = option(
-        (1e-3, 1e-2, 1e-1, 1.0),
+        DEFAULT_ELRS,
         "--elrs",
         "comma-separated ELRs, e.g. 1e-4,1e-3,1e-2",
         "floats",
         positive=True,
         unique=True,
-        nonempty=True,
     )
     seeds: tuple[int, ...] = option(
         (0,), "--seeds", "comma-separated seeds", "ints", low=0, unique=True, nonempty=True
@@ -139,6 +222,96 @@ class TrainConfig(Section):
         "str",
         choices=GRIDS,
     )
+    mode: str = option(
+        "sphere",
+        "--train",
+        "sphere (fixed ELR) or whole (SGD in the whole space)",
+        "str",
+        choices=TRAIN_MODES,
+        flat="train_mode",
+    )
+    lrs: tuple[float, ...] = option(
+        (),
+        "--lrs",
+        "--train whole: comma-separated learning rates",
+        "floats",
+        positive=True,
+        unique=True,
+    )
+    weight_decays: tuple[float, ...] = option(
+        (0.0,),
+        "--weight-decays",
+        "--train whole: comma-separated weight decays",
+        "floats",
+        low=0.0,
+        unique=True,
+        nonempty=True,
+    )
+    momentum: float = option(
+        0.0,
+        "--momentum",
+        "--train whole: heavy-ball momentum in [0, 1)",
+        "float",
+        low=0.0,
+    )
+    schedule: str = option(
+        "constant", "--schedule", "--train whole: LR schedule", "str", choices=SCHEDULES
+    )
+    noninv_lr: float = option(
+        -1.0,
+        "--noninv-lr",
+        "--train whole: LR of non-SI parameters (-1: the LR, 0: frozen)",
+        "float",
+        low=-1.0,
+    )
+    augment: bool = option(
+        False,
+        "--augment",
+        "random crop (padding 4) and horizontal flip of training batches",
+        "bool",
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.mode == "whole" and self.elrs == DEFAULT_ELRS:
+            object.__setattr__(self, "elrs", ())
+        if self.momentum >= 1.0:
+            raise UserError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if self.noninv_lr < 0 and self.noninv_lr != -1.0:
+            raise UserError(
+                f"--noninv-lr must be -1 (the LR), 0 (frozen) or > 0, got {self.noninv_lr}"
+            )
+        if self.mode == "sphere":
+            wrong = [
+                flag
+                for flag, given in (
+                    ("--lrs", bool(self.lrs)),
+                    ("--weight-decays", self.weight_decays != (0.0,)),
+                    ("--momentum", self.momentum != 0.0),
+                    ("--schedule", self.schedule != "constant"),
+                    ("--noninv-lr", self.noninv_lr != -1.0),
+                )
+                if given
+            ]
+            if wrong:
+                raise UserError(
+                    f"{wrong[0]} applies to --train whole only; on the sphere sweep --elrs "
+                    "(or pass --train whole)"
+                )
+            if not self.elrs:
+                raise UserError("--elrs is empty: give at least one value")
+        else:
+            if self.elrs:
+                raise UserError("--elrs applies to --train sphere only; --train whole sweeps --lrs")
+            if not self.lrs:
+                raise UserError("--train whole needs --lrs (comma-separated learning rates)")
+            if self.random_walk or self.random_walk_from is not None:
+                raise UserError("--random-walk applies to --train sphere only")
+            if self.grid == "zip":
+                raise UserError(
+                    "--grid zip applies to --train sphere only; a whole-space grid is "
+                    "--lrs x --weight-decays x --seeds"
+                )
 
 
 @dataclasses.dataclass(frozen=True)

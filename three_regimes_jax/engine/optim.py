@@ -8,6 +8,19 @@ serves a whole grid: ``update`` reads each member's values from its state, so
 ``jax.vmap`` over a stacked state sweeps them, and nothing about a member is a
 Python constant in the compiled step.
 
+Two training modes (``train.mode``):
+
+- ``sphere``: projected SGD on the total-norm sphere at each member's fixed
+  ELR (:func:`~three_regimes_jax.engine.sphere.sphere_sgd_swept`);
+- ``whole``: SGD in the whole parameter space as PyTorch's ``torch.optim.SGD``
+  (the official code's ``fix_lr`` mode): coupled L2 weight decay
+  ``d = g + wd * theta``, heavy-ball momentum ``buf = mu * buf + d``
+  (dampening 0), ``theta -= lr * buf`` (:func:`whole_sgd_swept`).  Each
+  member's LR, weight decay, momentum and non-SI LR are traced state; the LR
+  schedule is a traced factor ``lr_scale`` passed to ``update``
+  (:func:`lr_schedule`), so members with different initial LRs share one
+  compiled step.
+
 The random-walk baseline of App. M is an Optax transformation
 (:func:`random_walk`) chained before the sphere step: it replaces the gradient
 with a random tangent direction of the same length.  It is stateless, so the
@@ -36,12 +49,13 @@ class SweptOptimizer(NamedTuple):
     Attributes:
       init: ``init(params, **hyperparams) -> state``; ``hyperparams`` are the
         names in :attr:`hyperparams` (e.g. ``elr``), scalars or traced arrays.
-      update: ``update(grads, state, params, *, rw_key=None, rw_norm=None)
-        -> (updates, state)``; ``rw_key`` (a PRNG key) draws the random-walk
-        direction and ``rw_norm`` sets its length when the random walk is on;
-        both are ignored otherwise.
-      lr: ``lr(state)``: the plain learning rate the state realises (for the
-        per-group statistics).
+      update: ``update(grads, state, params, *, rw_key=None, rw_norm=None,
+        lr_scale=1.0) -> (updates, state)``; ``rw_key`` (a PRNG key) draws the
+        random-walk direction and ``rw_norm`` sets its length when the random
+        walk is on; both are ignored otherwise.  ``lr_scale`` is the LR
+        schedule's factor at this step (whole space only).
+      lr: ``lr(state, lr_scale=1.0)``: the plain learning rate of the SI
+        parameters the state realises (for the per-group statistics).
       hyperparams: the names ``init`` takes.
     """
 
@@ -80,34 +94,137 @@ def random_walk(si_mask: PyTree) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+class WholeState(NamedTuple):
+    """State of :func:`whole_sgd_swept`: one member's hyperparameters and momentum buffers.
+
+    Attributes:
+      lr: the initial (unscheduled) learning rate.
+      weight_decay: coupled L2 weight decay.
+      momentum: heavy-ball momentum ``mu``.
+      noninv_lr: LR of the non-SI parameters (``-1``: ``lr``; ``0``: frozen).
+      trace: the momentum buffers, one per parameter.
+    """
+
+    lr: jax.Array
+    weight_decay: jax.Array
+    momentum: jax.Array
+    noninv_lr: jax.Array
+    trace: PyTree
+
+
+def whole_sgd_swept(si_mask: PyTree, *, momentum: float = 0.0, noninv_lr: float = -1.0):
+    """SGD in the whole parameter space, as ``torch.optim.SGD``, with its values in the state.
+
+    ``init(params, *, lr, weight_decay)``; ``update(grads, state, params, *,
+    lr_scale=1.0)`` computes, for every parameter (SI or not, as the official
+    code's weight decay applies to all)::
+
+        d = g + weight_decay * theta
+        buf = momentum * buf + d          # PyTorch: dampening 0, buf_0 = d
+        theta -= lr * lr_scale * buf       # non-SI: noninv_lr * lr_scale
+
+    (with ``noninv_lr = -1`` the non-SI parameters use ``lr``; ``0`` freezes
+    them).  As PyTorch's CosineAnnealingLR scales every parameter group,
+    ``lr_scale`` scales the non-SI LR too.
+
+    Args:
+      si_mask: boolean pytree of the SI leaves.
+      momentum: ``mu`` in ``[0, 1)``.
+      noninv_lr: the non-SI LR.
+
+    Returns:
+      An object with ``init`` and ``update`` (Optax-style).
+    """
+
+    def init_fn(params, *, lr, weight_decay):
+        f32 = jax.numpy.float32
+        return WholeState(
+            lr=jax.numpy.asarray(lr, f32),
+            weight_decay=jax.numpy.asarray(weight_decay, f32),
+            momentum=jax.numpy.asarray(momentum, f32),
+            noninv_lr=jax.numpy.asarray(noninv_lr, f32),
+            trace=jax.tree.map(jax.numpy.zeros_like, params),
+        )
+
+    def update_fn(grads, state: WholeState, params, *, lr_scale=1.0):
+        d = jax.tree.map(lambda g, p: g + state.weight_decay * p, grads, params)
+        trace = jax.tree.map(lambda b, x: state.momentum * b + x, state.trace, d)
+        lr_si = state.lr * lr_scale
+        lr_non = jax.numpy.where(state.noninv_lr < 0, state.lr, state.noninv_lr) * lr_scale
+        updates = jax.tree.map(
+            lambda m, b: (-(lr_si if m else lr_non) * b).astype(b.dtype), si_mask, trace
+        )
+        return updates, state._replace(trace=trace)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def lr_schedule(name: str, epochs: int) -> Callable[[jax.Array], jax.Array]:
+    """The LR factor of epoch ``e`` (from 0) as a traced function.
+
+    ``constant``: 1.  ``cosine``: PyTorch's ``CosineAnnealingLR(T_max=epochs)``
+    stepped once per epoch, ``(1 + cos(pi * e / epochs)) / 2``.
+
+    Raises:
+      ValueError: an unknown schedule name.
+    """
+    if name == "constant":
+        return lambda e: jax.numpy.ones((), jax.numpy.float32)
+    if name == "cosine":
+        t = float(max(int(epochs), 1))
+
+        def cosine(e):
+            e = jax.numpy.asarray(e, jax.numpy.float32)
+            return (1.0 + jax.numpy.cos(jax.numpy.pi * e / t)) / 2.0
+
+        return cosine
+    raise ValueError(f"unknown LR schedule {name!r}")
+
+
 def make_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
     """The optimizer of a training config.
 
-    Today: projected SGD on the total-norm sphere at each member's ELR
-    (:func:`~three_regimes_jax.engine.sphere.sphere_sgd`), with the random walk
-    chained before it when ``train.random_walk``.
+    ``train.mode == "sphere"``: projected SGD on the total-norm sphere at each
+    member's ELR (:func:`~three_regimes_jax.engine.sphere.sphere_sgd`), with the
+    random walk chained before it when ``train.random_walk``;
+    ``init(params, elr=...)``.  ``"whole"``: :func:`whole_sgd_swept` with the
+    config's momentum and non-SI LR; ``init(params, lr=..., weight_decay=...)``.
 
     Args:
       train: the training config.
       si_mask: boolean pytree of the SI leaves.
 
     Returns:
-      The :class:`SweptOptimizer`; ``init(params, elr=...)``.
+      The :class:`SweptOptimizer`.
     """
+    if train.mode == "whole":
+        whole = whole_sgd_swept(si_mask, momentum=train.momentum, noninv_lr=train.noninv_lr)
+
+        def update_whole(grads, state, params, *, rw_key=None, rw_norm=None, lr_scale=1.0):
+            del rw_key, rw_norm
+            return whole.update(grads, state, params, lr_scale=lr_scale)
+
+        def lr_whole(state: WholeState, lr_scale=1.0) -> jax.Array:
+            return state.lr * lr_scale
+
+        return SweptOptimizer(whole.init, update_whole, lr_whole, ("lr", "weight_decay"))
     sphere = sphere_sgd_swept(si_mask)
     walk = random_walk(si_mask) if train.random_walk else None
 
     def init(params: PyTree, *, elr: float | jax.Array) -> SphereState:
         return sphere.init(params, elr=elr)
 
-    def update(grads: PyTree, state: SphereState, params: PyTree, *, rw_key=None, rw_norm=None):
+    def update(
+        grads: PyTree, state: SphereState, params: PyTree, *, rw_key=None, rw_norm=None, **_
+    ):
         if walk is not None:
             grads, _ = walk.update(
                 grads, optax.EmptyState(), params, rw_key=rw_key, rw_norm=rw_norm
             )
         return sphere.update(grads, state, params)
 
-    def lr(state: SphereState) -> jax.Array:
+    def lr(state: SphereState, lr_scale=1.0) -> jax.Array:
+        del lr_scale
         return elr_to_lr(state.elr, state.radius)
 
     return SweptOptimizer(init, update, lr, ("elr",))

@@ -45,6 +45,7 @@ class ScaleInvariant(struct.PyTreeNode, meta.AxisMetadata):
     """
 
     value: Any
+    joint: str | None = struct.field(pytree_node=False, default=None)
 
     def unbox(self) -> Any:
         """Returns the wrapped parameter."""
@@ -65,11 +66,17 @@ class ScaleInvariant(struct.PyTreeNode, meta.AxisMetadata):
         return self
 
 
-def scale_invariant(init_fn):
-    """Wraps a Flax initializer so that the parameter it creates is declared SI."""
+def scale_invariant(init_fn, joint: str | None = None):
+    """Wraps a Flax initializer so that the parameter it creates is declared SI.
+
+    Args:
+      init_fn: the initializer.
+      joint: name of the set of parameters this one is SI jointly with (see
+        :class:`ScaleInvariant`); None: individually SI.
+    """
 
     def wrapped(*args, **kwargs):
-        return ScaleInvariant(init_fn(*args, **kwargs))
+        return ScaleInvariant(init_fn(*args, **kwargs), joint)
 
     return wrapped
 
@@ -91,6 +98,28 @@ def split_si(boxed_params: PyTree) -> tuple[PyTree, PyTree]:
     si_mask = jax.tree.map(_is_si_box, boxed_params, is_leaf=_is_si_box)
     params = meta.unbox(boxed_params)
     return params, si_mask
+
+
+def si_sets(boxed_params: PyTree) -> list[str | None]:
+    """The ``joint`` set name of each SI leaf, in :func:`si_group_names` order.
+
+    ``None`` marks an individually SI leaf (see :class:`ScaleInvariant`).
+    """
+    boxes = jax.tree.leaves(boxed_params, is_leaf=_is_si_box)
+    return [b.joint for b in boxes if _is_si_box(b)]
+
+
+def individually_si(sets: list[str | None]) -> np.ndarray:
+    """Bool ``[n_groups]``: True for the groups that are SI on their own.
+
+    A group is individually SI when it is declared so (``None``) or when it is
+    the only member of its joint set.
+    """
+    counts: dict[str, int] = {}
+    for name in sets:
+        if name is not None:
+            counts[name] = counts.get(name, 0) + 1
+    return np.array([n is None or counts[n] == 1 for n in sets], bool)
 
 
 def _si_leaves(tree: PyTree, si_mask: PyTree) -> list[jax.Array]:

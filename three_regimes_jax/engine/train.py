@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 from flax import linen as nn
 
+from three_regimes_jax.engine.augment import augment_key, random_crop_flip
 from three_regimes_jax.engine.batching import scan_batches
 from three_regimes_jax.engine.diagnostics import adjacent_cos
 from three_regimes_jax.engine.grid import GridState, stack
@@ -45,6 +46,8 @@ from three_regimes_jax.engine.sphere import (
 
 # Folded into a member's data key to draw the random-walk directions.
 RANDOM_WALK_SALT = 0x52574B
+# Folded into a member's data key to draw dropout masks (models with ``dropout > 0``).
+DROPOUT_SALT = 0x44524F
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -74,13 +77,23 @@ def _apply(model: nn.Module, ms: GridState, params: Any, x: jax.Array, *, train:
 
 
 def make_train_step(
-    model: nn.Module, si_mask: Any, opt: SweptOptimizer, *, filter_groups: bool = False
+    model: nn.Module,
+    si_mask: Any,
+    opt: SweptOptimizer,
+    *,
+    filter_groups: bool = False,
+    pad_value: Any = None,
 ) -> Callable:
-    """``train_step(member_state, x, y[, step_norm]) -> (member_state, metrics)``: one step.
+    """``train_step(member_state, x, y[, step_norm, lr_scale]) -> (member_state, metrics)``.
 
-    One SGD step on the sphere.  ``step_norm`` (random walk only) is the
-    effective gradient norm ``||grad_SI|| * rho`` whose length the random step
-    takes (NaN: the gradient's own).
+    One optimizer step (on the sphere or in the whole space, as ``opt``).
+    ``step_norm`` (random walk only) is the effective gradient norm
+    ``||grad_SI|| * rho`` whose length the random step takes (NaN: the
+    gradient's own); ``lr_scale`` is the LR schedule's factor (whole space).
+    With ``pad_value`` (``[C]``) the batch is augmented first
+    (:func:`~three_regimes_jax.engine.augment.random_crop_flip`, keyed by the
+    member's data key and step, so members sharing a seed share it).  Models
+    with ``dropout > 0`` get a ``"dropout"`` PRNG stream here, and only here.
 
     Metrics: ``batch_loss``, ``batch_acc``, ``eff_grad_norm_traj``
     (``||grad_SI L_B|| * rho`` at the step's parameters: its epoch mean is the
@@ -89,22 +102,32 @@ def make_train_step(
     ``group_eff_grad_norm``, ``group_ess`` and, with ``filter_groups``, the
     same three per filter (``filter_*``, see ``sphere.filter_stats``).
     """
+    dropout = getattr(model, "dropout", 0.0) > 0
 
-    def train_step(ms: GridState, x: jax.Array, y: jax.Array, step_norm=None):
+    def train_step(ms: GridState, x: jax.Array, y: jax.Array, step_norm=None, lr_scale=1.0):
+        if pad_value is not None:
+            x = random_crop_flip(augment_key(ms.data_key, ms.step), x, pad_value)
+        rngs = {}
+        if dropout:
+            key = jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), DROPOUT_SALT)
+            rngs = {"dropout": jax.random.fold_in(key, ms.step)}
+
         def loss_fn(params):
             variables = {"params": params, "batch_stats": ms.batch_stats, FROZEN: ms.frozen}
-            logits, updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-            return cross_entropy(logits, y).mean(), (updated["batch_stats"], logits)
+            logits, updated = model.apply(
+                variables, x, train=True, mutable=["batch_stats"], rngs=rngs
+            )
+            return cross_entropy(logits, y).mean(), (updated.get("batch_stats", {}), logits)
 
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ms.params)
-        lr = opt.lr(ms.opt_state)
+        lr = opt.lr(ms.opt_state, lr_scale)
         stats = group_stats(ms.params, grads, si_mask, lr)
         rw_key = jax.random.fold_in(
             jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), RANDOM_WALK_SALT), ms.step
         )
         rw_norm = None if step_norm is None else step_norm / si_norm(ms.params, si_mask)
         updates, opt_state = opt.update(
-            grads, ms.opt_state, ms.params, rw_key=rw_key, rw_norm=rw_norm
+            grads, ms.opt_state, ms.params, rw_key=rw_key, rw_norm=rw_norm, lr_scale=lr_scale
         )
         params = optax.apply_updates(ms.params, updates)
         new = ms.replace(
@@ -138,29 +161,35 @@ def make_train_epoch(
     strategy: str = "vmap",
     filter_groups: bool = False,
     log_steps: bool = False,
+    schedule: Callable[[jax.Array], jax.Array] | None = None,
+    pad_value: Any = None,
 ) -> Callable:
     """``train_epoch(state, x, y, epoch[, step_norm]) -> (state, metrics)`` over a whole grid.
 
-    Epoch numbers start at 0.  ``step_norm`` ``[G]`` is the effective gradient
-    norm each member's random-walk steps replicate (NaN or None: their own).
+    Epoch numbers start at 0; ``schedule(epoch)`` is the LR factor of the
+    epoch (whole space; see :func:`~three_regimes_jax.engine.optim.lr_schedule`);
+    ``pad_value`` turns augmentation on (see :func:`make_train_step`).
+    ``step_norm`` ``[G]`` is the effective gradient norm each member's
+    random-walk steps replicate (NaN or None: their own).
     Metrics are per-member means over the epoch's mini-batches (see
     :func:`make_train_step`), each ``[G]`` or ``[G, n_groups]``.  With
     ``log_steps`` (and ``filter_groups``), ``metrics["steps"]`` also holds the
     per-filter statistics of every step, ``{"filter_elr", ...}: [G, n_batches, n_filters]``.
     """
-    step = make_train_step(model, si_mask, opt, filter_groups=filter_groups)
+    step = make_train_step(model, si_mask, opt, filter_groups=filter_groups, pad_value=pad_value)
 
     def member_epoch(member_in, x: jax.Array, y: jax.Array, epoch: jax.Array):
         ms, step_norm = member_in
+        lr_scale = 1.0 if schedule is None else schedule(epoch)
         key = jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), epoch)
         perm = jax.random.permutation(key, x.shape[0])
         bs = min(batch_size, x.shape[0])
-        shapes = jax.eval_shape(lambda: step(ms, x[:bs], y[:bs], step_norm)[1])
+        shapes = jax.eval_shape(lambda: step(ms, x[:bs], y[:bs], step_norm, lr_scale)[1])
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
         def body(carry, xb, yb):
             ms, acc = carry
-            ms, m = step(ms, xb, yb, step_norm)
+            ms, m = step(ms, xb, yb, step_norm, lr_scale)
             carry = ms, jax.tree.map(jnp.add, acc, m)
             if log_steps:
                 return carry, {
@@ -245,6 +274,8 @@ def make_recompute_bn(model: nn.Module, *, batch_size: int, strategy: str) -> Ca
     become the equal-weight average of the batch statistics, like PyTorch's
     ``bn_update`` with ``momentum=None``.  Parameters are untouched.
     """
+    if "bn_momentum" not in getattr(model, "__dataclass_fields__", {}):
+        return lambda state, x: state  # no BatchNorm (the Transformer): nothing to re-estimate
     exact = model.clone(bn_momentum=1.0)  # running stats := batch stats
 
     def member_fn(ms: GridState, x: jax.Array) -> GridState:
@@ -309,9 +340,11 @@ def init_grid(
 ) -> GridState:
     """Initial grid state, one member per (elr, seed) pair.
 
-    Member ``i`` gets ELR ``elrs[i]``; its init and batch order come from
-    ``seeds[i]`` (``key(seed)`` split into an init key and a data key), so
-    members with the same seed share both, as in the paper.  Unless
+    Member ``i`` gets ELR ``elrs[i]`` (or, as a dict, the optimizer's
+    hyperparameters, e.g. ``{"lr": 0.1, "weight_decay": 1e-4}`` in the whole
+    space); its init and batch order come from ``seeds[i]`` (``key(seed)``
+    split into an init key and a data key), so members with the same seed
+    share both, as in the paper.  Unless
     ``per_seed_head``, every member's last layer (the frozen collection and
     the non-SI parameters, marked by ``si_mask``) is seed 0's, as the official
     code's ``same_last_layer``: seed 0's members are unchanged by the choice.
@@ -338,12 +371,13 @@ def init_grid(
     members = []
     for elr, seed in zip(elrs, seeds, strict=True):
         v, data_key = per_seed[int(seed)]
+        hyper = dict(elr) if isinstance(elr, dict) else {"elr": float(elr)}
         members.append(
             GridState(
                 params=v.params,
                 batch_stats=v.batch_stats,
                 frozen=v.frozen,
-                opt_state=opt.init(v.params, elr=float(elr)),
+                opt_state=opt.init(v.params, **hyper),
                 step=jnp.zeros((), jnp.int32),
                 data_key=data_key,
             )

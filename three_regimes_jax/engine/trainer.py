@@ -11,9 +11,9 @@ from flax import linen as nn
 
 from three_regimes_jax.config import Config, TrainConfig
 from three_regimes_jax.engine.grid import GridState, choose_strategy
-from three_regimes_jax.engine.models import build_model, si_mask_of
-from three_regimes_jax.engine.optim import make_optimizer
-from three_regimes_jax.engine.sphere import si_group_names
+from three_regimes_jax.engine.models import build_model_from_config, si_mask_of, si_sets_of
+from three_regimes_jax.engine.optim import lr_schedule, make_optimizer
+from three_regimes_jax.engine.sphere import individually_si, si_group_names
 from three_regimes_jax.engine.train import (
     init_grid,
     make_adjacent_cos,
@@ -55,6 +55,15 @@ class GridTrainer:
       filter_groups: also record per-filter statistics in ``train_epoch``.
       per_seed_head: draw the last layer per seed (default: seed 0's for all).
       precision: ``jax.default_matmul_precision`` of every compiled function.
+      train: the training config whose optimizer (sphere or whole space,
+        :func:`~three_regimes_jax.engine.optim.make_optimizer`) and LR schedule
+        the trainer runs; its ``batch_size``, ``drop_last`` and
+        ``random_walk`` replace the arguments of those names (default: a
+        sphere config with them).
+      pad_value: ``[C]`` padding value of the training-batch augmentation
+        (black after normalisation, ``-mean / std``); None: no augmentation.
+      si_sets: the joint-SI set of each SI group (``sphere.si_sets``; None:
+        every group individually SI); gives :attr:`group_individually_si`.
     """
 
     def __init__(
@@ -70,20 +79,31 @@ class GridTrainer:
         filter_groups: bool = False,
         per_seed_head: bool = False,
         precision: str = "highest",
+        train: TrainConfig | None = None,
+        pad_value=None,
+        si_sets: list[str | None] | None = None,
     ):
+        if train is None:
+            train = TrainConfig(
+                batch_size=int(batch_size), drop_last=drop_last, random_walk=random_walk
+            )
+        batch_size, drop_last = train.batch_size, train.drop_last
         self.model = model
         self.si_mask = si_mask
         self.group_names = si_group_names(si_mask)
+        sets = [None] * len(self.group_names) if si_sets is None else list(si_sets)
+        #: Bool ``[n_groups]``: the groups that are scale-invariant on their own.
+        self.group_individually_si = individually_si(sets)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.strategy = choose_strategy(strategy, model)
         self.filter_groups = filter_groups
         self.per_seed_head = per_seed_head
         self.precision = precision
-        self.optimizer = make_optimizer(
-            TrainConfig(batch_size=self.batch_size, drop_last=drop_last, random_walk=random_walk),
-            si_mask,
-        )
+        self.train_config = train
+        self.optimizer = make_optimizer(train, si_mask)
+        self.schedule = lr_schedule(train.schedule, train.epochs) if train.mode == "whole" else None
+        self.pad_value = None if pad_value is None else jnp.asarray(pad_value, jnp.float32)
         s = self.strategy
         self.train_epoch_fn = self._jit(
             make_train_epoch(
@@ -94,6 +114,8 @@ class GridTrainer:
                 drop_last=drop_last,
                 strategy=s,
                 filter_groups=filter_groups,
+                schedule=self.schedule,
+                pad_value=self.pad_value,
             ),
             precision,
         )
@@ -105,7 +127,13 @@ class GridTrainer:
         )
         self.adjacent_cos = self._jit(make_adjacent_cos(si_mask), precision)
         self.drop_last = drop_last
-        self._epoch_args = dict(batch_size=self.batch_size, drop_last=drop_last, strategy=s)
+        self._epoch_args = dict(
+            batch_size=self.batch_size,
+            drop_last=drop_last,
+            strategy=s,
+            schedule=self.schedule,
+            pad_value=self.pad_value,
+        )
         self._train_epoch_log: Callable | None = None
         self._sharpness: dict[tuple[int, int, int], Callable] = {}
 
@@ -115,29 +143,32 @@ class GridTrainer:
 
     @classmethod
     def from_config(
-        cls, config: Config, num_classes: int, input_shape: tuple[int, ...]
+        cls,
+        config: Config,
+        num_classes: int,
+        input_shape: tuple[int, ...],
+        *,
+        pad_value=None,
     ) -> GridTrainer:
-        """The trainer of a config's model, batch size, strategy and random walk."""
-        m = config.model
-        model = build_model(
-            m.name,
-            num_classes,
-            width=m.width,
-            depth=m.depth,
-            hidden=m.hidden,
-            init_scale=m.init_scale,
-            train_last_layer=m.train_last_layer,
-        )
+        """The trainer of a config's model, optimizer, strategy and measurements.
+
+        ``pad_value``: the augmentation's padding value, needed when
+        ``config.train.augment`` (see :func:`~three_regimes_jax.engine.data.augment_pad_value`).
+        """
+        model = build_model_from_config(config, num_classes)
+        if config.train.augment and pad_value is None:
+            raise ValueError("config.train.augment needs the padding value (pad_value)")
         return cls(
             model,
             si_mask_of(model, input_shape),
             batch_size=config.train.batch_size,
             strategy=config.run.strategy,
-            drop_last=config.train.drop_last,
-            random_walk=config.train.random_walk,
             filter_groups=config.measure.filter_groups,
-            per_seed_head=m.per_seed_head,
+            per_seed_head=config.model.per_seed_head,
             precision=config.run.precision,
+            train=config.train,
+            pad_value=pad_value if config.train.augment else None,
+            si_sets=si_sets_of(model, input_shape),
         )
 
     def init(

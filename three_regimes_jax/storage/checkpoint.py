@@ -142,7 +142,9 @@ class GridCheckpointer:
     def meta(self, epoch: int, state: Any, extra: Mapping[str, Any] | None = None) -> dict:
         """The JSON meta saved with ``state`` at ``epoch`` (see module docstring).
 
-        ``state`` needs ``step`` [G] and ``opt_state.elr`` [G] (a ``GridState``).
+        ``state`` needs ``step`` [G] and ``opt_state.elr`` [G] (a ``GridState``)
+        or, in the whole space, ``opt_state.lr`` and ``opt_state.weight_decay``:
+        ``elr`` then holds the initial LRs, as ``metrics.npz`` does.
         """
         g = int(np.shape(state.step)[0])
         if len(self.seeds) != g:
@@ -152,12 +154,15 @@ class GridCheckpointer:
             "config": self.config,
             "epoch": int(epoch),
             "members": g,
-            "elr": _f32_list(state.opt_state.elr),
+            "elr": _f32_list(_swept_step(state.opt_state)),
             "seed": list(self.seeds),
             "step": [int(s) for s in np.asarray(jax.device_get(state.step))],
             "num_classes": self.num_classes,
             "input_shape": list(self.input_shape),
         }
+        if hasattr(state.opt_state, "weight_decay"):
+            meta["lr"] = meta["elr"]
+            meta["weight_decay"] = _f32_list(state.opt_state.weight_decay)
         extra = _jsonable(dict(extra or {}))
         clash = sorted(set(extra) & set(meta))
         if clash:
@@ -235,6 +240,12 @@ def _as_os_error(e: Exception, path: Path) -> Exception:
         if words in text:
             return OSError(code, os.strerror(code), str(path))
     return e
+
+
+def _swept_step(opt_state: Any) -> Any:
+    """``[G]``: the ELRs of a sphere state, the initial LRs of a whole-space one."""
+    elr = getattr(opt_state, "elr", None)
+    return opt_state.lr if elr is None else elr
 
 
 __all__ = [

@@ -221,8 +221,7 @@ def validate_metrics(path: Path, config: dict[str, Any], metrics: dict[str, np.n
             "are from different runs: recompute the run"
         )
     if cfg.finetune is None:
-        t_cfg = cfg.train
-        n = len(t_cfg.elrs) * (len(t_cfg.seeds) if t_cfg.grid == "product" else 1)
+        n = cfg.grid_size
         if n != sizes["G"]:
             raise UserError(
                 f"{where} has {sizes['G']} members but config.json describes {n}; the files "

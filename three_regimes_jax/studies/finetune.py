@@ -92,6 +92,11 @@ def finetune_config(source: str | Path, *, epoch: int | None = None, **overrides
         epoch = latest_epoch(src_dir)
     meta = read_meta(src_dir, epoch)
     base = Config.from_dict(meta["config"])
+    if base.whole:
+        raise UserError(
+            f"--from {src_dir} trained in the whole parameter space (--train whole); "
+            "fine-tuning continues runs on the sphere only"
+        )
     fresh = dataclasses.replace(
         base,
         measure=dataclasses.replace(base.measure, sharpness_every=MeasureConfig().sharpness_every),

@@ -30,6 +30,7 @@ import numpy as np
 from three_regimes_jax.analysis.report import check_random_walk_pair
 from three_regimes_jax.config import Config
 from three_regimes_jax.engine.data import Dataset, load_dataset
+from three_regimes_jax.engine.data.transforms import augment_pad_value
 from three_regimes_jax.engine.grid import GridState, member, shard_grid
 from three_regimes_jax.engine.loop import (
     EPOCH_METRICS,
@@ -61,19 +62,31 @@ from three_regimes_jax.studies.output import HISTORY_FILE, check_out
 def load_data(config: Config) -> Dataset:
     """The config's dataset, padded to the input size its model needs."""
     d = config.data
-    return load_dataset(
+    text = {}
+    if d.dataset == "ag_news":
+        text = dict(split_test=d.split_test, vocab_size=d.vocab_size, max_len=d.max_len)
+    ds = load_dataset(
         d.dataset,
         d.data_dir,
         use_data_size=d.use_data_size,
         label_noise=d.label_noise,
         noise_seed=d.noise_seed,
         pad_to=input_size_of(config.model.name),
+        use_test_size=d.use_test_size,
+        **text,
     )
+    if config.train.augment and ds.image_shape[:2] != (32, 32):
+        raise UserError(
+            f"--augment crops 32 x 32 images; {d.dataset} images are "
+            f"{ds.image_shape[0]} x {ds.image_shape[1]}"
+        )
+    return ds
 
 
 def make_trainer(config: Config, num_classes: int, input_shape: tuple[int, ...]) -> GridTrainer:
-    """The compiled grid trainer of a config's model."""
-    return GridTrainer.from_config(config, num_classes, input_shape)
+    """The compiled grid trainer of a config's model (and augmentation, if on)."""
+    pad = augment_pad_value(config.data.dataset) if config.train.augment else None
+    return GridTrainer.from_config(config, num_classes, input_shape, pad_value=pad)
 
 
 def state_template(meta: Mapping[str, Any]) -> GridState:
@@ -90,9 +103,11 @@ def state_template(meta: Mapping[str, Any]) -> GridState:
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"checkpoint meta is incomplete ({e}); it cannot be restored") from None
     config = Config.from_dict(raw)
+    # Any hyperparameters of the right kind: only the shapes and dtypes matter.
+    hyper = {"lr": 1.0, "weight_decay": 0.0} if config.whole else {"elr": 1.0}
     # Built inside eval_shape: the model's SI-mask setup stays abstract (no compute).
     return jax.eval_shape(
-        lambda: make_trainer(config, num_classes, shape).init([1.0] * g, [0] * g, shape)
+        lambda: make_trainer(config, num_classes, shape).init([hyper] * g, [0] * g, shape)
     )
 
 
@@ -331,6 +346,7 @@ def run_grid(
         **member_info,
         **history.arrays(n_si_params(member(state, 0).params, trainer.si_mask)),
         "group_names": np.asarray(trainer.group_names, dtype=str),
+        "group_individually_si": np.asarray(trainer.group_individually_si, bool),
     }
     if trainer.filter_groups:
         metrics["filter_group"] = filter_groups_of(member(state, 0).params, trainer.si_mask)

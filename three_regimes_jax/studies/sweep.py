@@ -1,4 +1,8 @@
-"""ELR x seed sweeps: ``run_sweep``.
+"""Sweeps: ``run_sweep`` over ELR x seed on the sphere, or LR x weight decay x seed.
+
+In a whole-space run (``train.mode == "whole"``) ``metrics["elr"]`` holds each
+member's initial LR (the swept step size, which every plot and table keys
+on), beside ``lr`` and ``weight_decay``.
 
 The Python API mirrors ``three-regimes sweep``::
 
@@ -68,7 +72,14 @@ def run_sweep(
     with claim_run(config, out, overwrite=overwrite, resume=resume):
         ds = dataset if dataset is not None else load_data(config)
         trainer = make_trainer(config, ds.num_classes, ds.image_shape)
-        state = trainer.init(config.member_elrs, config.member_seeds, ds.image_shape)
+        state = trainer.init(config.member_hypers, config.member_seeds, ds.image_shape)
+        info = {
+            "elr": np.asarray(config.member_elrs, np.float64),
+            "seed": np.asarray(config.member_seeds, np.int64),
+        }
+        if config.whole:
+            info["lr"] = np.asarray(config.member_lrs, np.float64)
+            info["weight_decay"] = np.asarray(config.member_weight_decays, np.float64)
         return run_grid(
             config,
             state,
@@ -78,10 +89,7 @@ def run_sweep(
             overwrite=overwrite,
             resume=resume,
             progress=progress,
-            member_info={
-                "elr": np.asarray(config.member_elrs, np.float64),
-                "seed": np.asarray(config.member_seeds, np.int64),
-            },
+            member_info=info,
         )
 
 

@@ -1,19 +1,27 @@
-"""Data loading: MNIST, CIFAR-10/100 (original files or TFDS) and the embedded digits.
+"""Data loading: MNIST, CIFAR-10/100, the embedded digits and AG News.
+
+Images come from the original files or TFDS; AG News from the original CSV or
+TFDS ``ag_news_subset``, as int32 token ids.
 
 Example:
     >>> ds = load_dataset("mnist", "/data", use_data_size=1000, pad_to=32)
     >>> ds.x_train.shape, ds.y_train.dtype
     ((1000, 32, 32, 1), dtype('int32'))
+    >>> text = load_dataset("ag_news", "/data", split_test=0.8, max_len=64)
+    >>> text.x_train.shape, text.x_train.dtype
+    ((6080, 64), dtype('int32'))
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 
 from . import files, transforms
+from .ag_news import load_ag_news
 from .base import DATASETS, NUM_CLASSES, DataError, Dataset
 from .digits import load_digits
 from .tfds import load_tfds
@@ -39,6 +47,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "add_label_noise",
+    "load_ag_news",
     "load_dataset",
     "normalize",
     "pad_to",
@@ -107,6 +116,10 @@ def load_dataset(
     label_noise: float = 0.0,
     noise_seed: int = 0,
     pad_to: int | None = None,
+    split_test: float | None = None,
+    vocab_size: int = 20000,
+    max_len: int = 64,
+    use_test_size: int | None = None,
 ) -> Dataset:
     """Loads, normalizes and optionally subsets / corrupts / pads a dataset.
 
@@ -124,18 +137,65 @@ def load_dataset(
             all classes (see :func:`add_label_noise`); the test set is untouched.
         noise_seed: Seed of the label-noise generator.
         pad_to: Zero-pad both splits to ``pad_to x pad_to`` after normalization
-            (e.g. 32 for ConvNetSI); zero is the mean pixel.
+            (e.g. 32 for ConvNetSI); zero is the mean pixel. Images only.
+        split_test: ``ag_news`` only: train on this fraction of each class of the
+            test split and evaluate on the rest (see :func:`load_ag_news`).
+        vocab_size: ``ag_news`` only: number of token ids (``<pad>``, ``<unk>``
+            and the most frequent training words). Ignored for images.
+        max_len: ``ag_news`` only: tokens per example (truncate / pad with 0).
+            Ignored for images.
+        use_test_size: Evaluate on the first N test
+            examples only (quick runs: the metric passes cost as much as
+            training on small training subsets).
 
     Returns:
         The :class:`Dataset`: float32 NHWC images normalized with the paper's
         constants (MNIST 0.1307/0.3081; CIFAR per-channel mean/std) after scaling to
         [0, 1]; digits are scaled by 1/16 and standardized with the scalar mean and
-        std of the full 1,437-image training split. Labels are int32.
+        std of the full 1,437-image training split. Labels are int32. For
+        ``ag_news``, int32 token ids ``[N, max_len]`` (see :func:`load_ag_news`).
 
     Raises:
         DataError: On an unknown name or source, invalid options, missing data
             (naming every path / TFDS name tried) or corrupt files.
     """
+    ds = _load(
+        name,
+        data_dir,
+        source=source,
+        use_data_size=use_data_size,
+        label_noise=label_noise,
+        noise_seed=noise_seed,
+        pad_to=pad_to,
+        split_test=split_test,
+        vocab_size=vocab_size,
+        max_len=max_len,
+    )
+    if use_test_size is None:
+        return ds
+    if isinstance(use_test_size, bool) or not 1 <= int(use_test_size) <= ds.num_test:
+        raise DataError(
+            f"--use-test-size must be an integer in [1, {ds.num_test}] (the test set), "
+            f"got {use_test_size!r}"
+        )
+    n = int(use_test_size)
+    return dataclasses.replace(ds, x_test=ds.x_test[:n].copy(), y_test=ds.y_test[:n].copy())
+
+
+def _load(
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    source: str = "auto",
+    use_data_size: int | None = None,
+    label_noise: float = 0.0,
+    noise_seed: int = 0,
+    pad_to: int | None = None,
+    split_test: float | None = None,
+    vocab_size: int = 20000,
+    max_len: int = 64,
+) -> Dataset:
+    """:func:`load_dataset` without ``use_test_size``."""
     key = name.lower() if isinstance(name, str) else name
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -150,6 +210,21 @@ def load_dataset(
     if key != "digits" and data_dir is not None and not Path(data_dir).is_dir():
         what = "is not a directory" if Path(data_dir).exists() else "does not exist"
         raise DataError(f"--data-dir {data_dir} {what}; pass the folder holding the dataset")
+    if key == "ag_news":
+        if pad_to is not None:
+            raise DataError("pad_to applies to image datasets only, not to ag_news")
+        return load_ag_news(
+            _base_dir(data_dir),
+            split_test=split_test,
+            vocab_size=vocab_size,
+            max_len=max_len,
+            use_data_size=use_data_size,
+            label_noise=label_noise,
+            noise_seed=noise_seed,
+            source=source,
+        )
+    if split_test is not None:
+        raise DataError(f"--split-test applies to --dataset ag_news only, not to {key}")
     num_classes = NUM_CLASSES[key]
     if key == "digits":
         x_train, y_train, x_test, y_test = load_digits()

@@ -10,7 +10,7 @@ from three_regimes_jax.config import DATASET_NAMES
 from three_regimes_jax.errors import UserError
 
 DATASETS = DATASET_NAMES
-NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100, "ag_news": 4}
 
 
 class DataError(UserError):
@@ -19,16 +19,17 @@ class DataError(UserError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """An in-memory image classification dataset.
+    """An in-memory classification dataset: images, or token ids for text.
 
     Equality and hashing are by identity (``eq=False``): comparing numpy arrays
     field-by-field is ambiguous.
 
     Attributes:
         name: Dataset name, one of :data:`DATASETS`.
-        x_train: Normalized training images, float32 ``[N, H, W, C]``.
+        x_train: Normalized training images, float32 ``[N, H, W, C]``; for text
+            (``ag_news``) int32 token ids ``[N, L]`` right-padded with 0.
         y_train: Training labels, int32 ``[N]``.
-        x_test: Normalized test images, float32 ``[M, H, W, C]``.
+        x_test: Test inputs, as ``x_train`` (``[M, H, W, C]`` or ``[M, L]``).
         y_test: Test labels, int32 ``[M]``.
         num_classes: Number of classes.
     """
@@ -41,9 +42,9 @@ class Dataset:
     num_classes: int
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """Shape ``(H, W, C)`` of one image."""
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one input: ``(H, W, C)`` for images, ``(L,)`` for token ids."""
+        return tuple(self.x_train.shape[1:])
 
     @property
     def num_train(self) -> int:

@@ -7,29 +7,74 @@ The dataset must already be prepared in ``array_record`` format, e.g.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
 from .base import DataError
 
-TFDS_NAMES = {"mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
+TFDS_NAMES = {
+    "mnist": "mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "ag_news": "ag_news_subset",
+}
 
 
-def _read_split(tfds, name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds  # lazy: slow to import
+    except ImportError:
+        raise DataError(
+            "tensorflow_datasets is not installed (pip install tensorflow-datasets)"
+        ) from None
+    return tfds
+
+
+def _read_examples(tfds, name: str, split: str, data_dir: str | None) -> list[dict[str, Any]]:
     src = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     # Index one example at a time: ``__getitems__`` fails under tfds.testing.mock_data.
     examples = [src[i] for i in range(len(src))]
     if not examples:
         raise DataError(f"TFDS '{name}' split '{split}' is empty")
-    x = np.stack([np.asarray(e["image"], dtype=np.uint8) for e in examples])
-    y = np.array([int(e["label"]) for e in examples], dtype=np.int32)
-    return x, y
+    return examples
+
+
+def read_tfds_splits(
+    tfds_name: str, splits: tuple[str, ...], data_dir: str | os.PathLike | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Reads whole splits of a prepared TFDS dataset as lists of feature dicts.
+
+    Args:
+        tfds_name: TFDS name, e.g. ``"ag_news_subset"``.
+        splits: Split names to read, e.g. ``("train", "test")``.
+        data_dir: TFDS data directory; ``None`` uses the TFDS default.
+
+    Returns:
+        ``{split: [example, ...]}``; each example maps feature names to numpy
+        values (text features come back as ``bytes``).
+
+    Raises:
+        DataError: If tensorflow_datasets is missing, the dataset is not prepared
+            or a split is empty (one line naming the dataset and ``data_dir``).
+    """
+    tfds = _import_tfds()
+    where = os.fspath(data_dir) if data_dir is not None else None
+    try:
+        return {split: _read_examples(tfds, tfds_name, split, where) for split in splits}
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - TFDS raises many types (NotImplementedError...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            f"TFDS '{tfds_name}' (data_dir={where or 'TFDS default'}) unavailable: {reason}"
+        ) from None
 
 
 def load_tfds(
     name: str, data_dir: str | os.PathLike | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Loads the train and test splits of a prepared TFDS dataset.
+    """Loads the train and test splits of a prepared TFDS image dataset.
 
     Args:
         name: One of ``mnist``, ``cifar10``, ``cifar100``.
@@ -43,22 +88,10 @@ def load_tfds(
     Raises:
         DataError: If tensorflow_datasets is missing or the dataset is not prepared.
     """
-    tfds_name = TFDS_NAMES[name]
-    try:
-        import tensorflow_datasets as tfds  # lazy: slow to import
-    except ImportError:
-        raise DataError(
-            "tensorflow_datasets is not installed (pip install tensorflow-datasets)"
-        ) from None
-    where = os.fspath(data_dir) if data_dir is not None else None
-    try:
-        x_train, y_train = _read_split(tfds, tfds_name, "train", where)
-        x_test, y_test = _read_split(tfds, tfds_name, "test", where)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - TFDS raises many types (NotImplementedError...)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(
-            f"TFDS '{tfds_name}' (data_dir={where or 'TFDS default'}) unavailable: {reason}"
-        ) from None
-    return x_train, y_train, x_test, y_test
+    data = read_tfds_splits(TFDS_NAMES[name], ("train", "test"), data_dir)
+    out = []
+    for split in ("train", "test"):
+        examples = data[split]
+        out.append(np.stack([np.asarray(e["image"], dtype=np.uint8) for e in examples]))
+        out.append(np.array([int(e["label"]) for e in examples], dtype=np.int32))
+    return out[0], out[1], out[2], out[3]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import ClassVar
 
 import jax
@@ -33,6 +34,10 @@ class ConvNetSI(nn.Module):
       num_classes: number of outputs.
       init_scale: Frobenius norm of the frozen last-layer weight (paper: 10).
       train_last_layer: make the last layer trainable (non-SI) instead of frozen.
+      affine: BatchNorm with a trainable per-channel scale (init 1) and bias
+        (init 0), as the official ``ConvNetSIAf``; the kernels stay SI (each is
+        followed by its BN).  ``ConvNetSIAf`` is this with
+        ``train_last_layer=True, init_scale=0`` (head at PyTorch's init).
       bn_momentum: BatchNorm running-statistics momentum (PyTorch convention).
       fast_vjp: convolutions with the loop-friendly VJP (see
         :func:`~three_regimes_jax.engine.models.layers.conv_same_fast_vjp`); set False
@@ -49,19 +54,19 @@ class ConvNetSI(nn.Module):
     train_last_layer: bool = False
     bn_momentum: float = 0.1
     fast_vjp: bool = True
+    affine: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         c = self.width
-        x = nn.relu(BatchNorm(self.bn_momentum)(SIConv(c, fast_vjp=self.fast_vjp)(x), train))
+        bn = functools.partial(BatchNorm, self.bn_momentum, affine=self.affine)
+        x = nn.relu(bn()(SIConv(c, fast_vjp=self.fast_vjp)(x), train))
         for stage in range(3):
             n_blocks = self.depth // 3 + int(self.depth % 3 > stage)
             for b in range(n_blocks):
                 last = b == n_blocks - 1
                 c = 2 * c if last else c
-                x = nn.relu(
-                    BatchNorm(self.bn_momentum)(SIConv(c, fast_vjp=self.fast_vjp)(x), train)
-                )
+                x = nn.relu(bn()(SIConv(c, fast_vjp=self.fast_vjp)(x), train))
                 if last:
                     x = _max_pool(x, 2)
         pool = 4 * (2 * (3 - self.depth) if self.depth < 3 else 1)
