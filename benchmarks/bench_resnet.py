@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from bench_grid import sgemm_gflops  # noqa: E402
 from common import (  # noqa: E402
     BATCH,
     cpu_model,
@@ -43,14 +44,6 @@ from three_regimes_jax.engine.train import make_train_step  # noqa: E402
 from three_regimes_jax.studies.run import make_trainer  # noqa: E402
 
 SHAPE = (32, 32, 3)
-
-
-def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """Best-of-``repeats`` GFLOP/s of a jitted ``n x n`` float32 matmul (the in-run peak)."""
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    best = min(time_calls(lambda: f(a).block_until_ready(), repeats=repeats))
-    return 2 * n**3 / best / 1e9
 
 
 def bench(width: int, g: int, steps: int, repeats: int, strategy: str) -> dict:

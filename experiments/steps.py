@@ -230,7 +230,16 @@ KINDS: dict[str, Kind] = {
         ),
         _run_find_transitions,
         sections=("model", "data", "train", "run"),
-        excluded=("elrs", "random_walk"),
+        excluded=(
+            "elrs",
+            "random_walk",
+            "train_mode",
+            "lrs",
+            "weight_decays",
+            "momentum",
+            "schedule",
+            "noninv_lr",
+        ),
         required=("epochs",),
     ),
 }

@@ -279,7 +279,9 @@ def curves(runs: Sequence[Run], members: dict[int, list[int]] | None = None) -> 
     """Every member of every run, with a line style per run (and per fine-tune source).
 
     Within a fine-tune with several pre-trained sources, each source gets its
-    own style (label ``run (from ELR)``); otherwise a run has one style.
+    own style (label ``run (from ELR)``), and within a whole-space run with
+    several weight decays each weight decay (label ``run (wd 0.0005)``);
+    otherwise a run has one style.
 
     Args:
       runs: the runs.
@@ -289,13 +291,17 @@ def curves(runs: Sequence[Run], members: dict[int, list[int]] | None = None) -> 
     n_style = 0
     for r_i, run in enumerate(runs):
         src = run.source_elr
+        wd = run.metrics.get("weight_decay")
         keys = [None] * run.elr.size if src is None else [float(s) for s in src]
+        what = "from"
+        if src is None and wd is not None and len(set(np.asarray(wd).tolist())) > 1:
+            keys, what = [float(w) for w in np.asarray(wd)], "wd"
         distinct = list(dict.fromkeys(keys))
         styles = {}
         for k in distinct:
             label = run.label + (" (random walk)" if run.random_walk else "")
             if k is not None and (len(distinct) > 1 or len(runs) > 1):
-                label = f"{label} (from {fmt_elr(k)})"
+                label = f"{label} ({what} {fmt_elr(k)})"
             styles[k] = (LINESTYLES[n_style % len(LINESTYLES)], label)
             n_style += 1
         keep = range(run.elr.size) if members is None else members.get(r_i, [])

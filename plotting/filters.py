@@ -89,7 +89,9 @@ def equilibrium_ess(run: Run, member: int, n: int, part_grad_norms: np.ndarray) 
     not for window means: ``sum_i 1/mean(elr_i) != 1/elr`` when the parts
     oscillate (their 2-cycles); on digits at ELR 0.05 (regime 2) the filters'
     mean ESS measured 0.747, the whole's 0.746, ``elr * sum_f g_f`` 0.573.
-    That sum is the fallback when the results have no trajectory mean.
+    That sum is the fallback when the results have no trajectory mean.  In a
+    whole-space run (``run.sweeps_lr``) the total ELR is not the swept value:
+    it is taken per epoch from the groups' ELRs (eq. 3) and averaged.
 
     Args:
       run: the run.
@@ -98,6 +100,12 @@ def equilibrium_ess(run: Run, member: int, n: int, part_grad_norms: np.ndarray) 
       part_grad_norms: ``[P]`` window means of the parts' effective gradient norms.
     """
     elr = float(run.elr[member])
+    if run.sweeps_lr and run.has("group_elr"):
+        # Whole space: the total ELR moves (``lr * schedule / rho**2``); eq. 3 per epoch.
+        g_elr = run.array("group_elr")[member, run.start :][-n:]
+        total = 1.0 / np.sum(1.0 / g_elr, axis=-1)
+        if np.isfinite(total).any():
+            elr = float(np.nanmean(total))
     key = "eff_grad_norm_traj" if run.has("eff_grad_norm_traj") else None
     if key is None and not run.start:
         key = "eff_grad_norm"  # the trajectory mean in results before issue 10
@@ -196,7 +204,7 @@ def filters(run: RunLike, *, member: MemberSpec | None = None, last: int | None 
     names = [str(s) for s in r.metrics.get("group_names", [])]
     n_layers = int(layers.max()) + 1 if layers is not None else 0
     colors = group_colors(max(n_layers, 1))
-    palette = ElrPalette(r.elr[sel])
+    palette = ElrPalette(r.elr[sel], title="LR" if r.sweeps_lr else "ELR")
 
     ncols = min(len(sel), 4)
     nrows = -(-len(sel) // ncols)
@@ -208,7 +216,7 @@ def filters(run: RunLike, *, member: MemberSpec | None = None, last: int | None 
         ok = np.isfinite(gn) & np.isfinite(el) & (gn > 0) & (el > 0)
         point_colors = [colors[int(layers[i])] for i in np.flatnonzero(ok)] if n_layers else "k"
         ax.scatter(gn[ok], el[ok], s=9, c=point_colors, alpha=0.7, lw=0)
-        title = f"ELR {fmt_elr(r.elr[g])}, seed {r.seed[g]}"
+        title = f"{palette.title} {fmt_elr(r.elr[g])}, seed {r.seed[g]}"
         if ok.any():
             ess_star = equilibrium_ess(r, g, n, gn)
             ess = mean_ess[k][np.isfinite(mean_ess[k]) & (mean_ess[k] > 0)]

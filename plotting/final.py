@@ -298,7 +298,7 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
     alone = np.asarray(r.metrics.get("group_individually_si", np.ones(n, bool)), bool)
     if alone.shape == (n,):  # groups SI only jointly (a ResNet's residual streams) say so
         names = [nm if ok else f"{nm} (joint SI)" for nm, ok in zip(names, alone, strict=True)]
-    palette = ElrPalette(r.elr[sel])
+    palette = ElrPalette(r.elr[sel], title="LR" if r.sweeps_lr else "ELR")
     g_cols = group_colors(n)
 
     ncols = min(len(sel), 4)
@@ -366,10 +366,16 @@ def groups(run: RunLike, *, member: MemberSpec | None = None, last: int = 5) -> 
             ax.plot(
                 r.epoch, positive(g_elr[g, :, i]), color=g_cols[i], lw=1.2, label=_short(names[i])
             )
-        ax.axhline(r.elr[g], color="k", ls="--", lw=1.0, label="total ELR")
+        if r.sweeps_lr:  # whole space: the total ELR moves; eq. 3 per epoch
+            total = 1.0 / np.sum(1.0 / g_elr[g], axis=-1)
+            ax.plot(r.epoch, positive(total), color="k", ls="--", lw=1.0, label="total ELR")
+        else:
+            ax.axhline(r.elr[g], color="k", ls="--", lw=1.0, label="total ELR")
         ax.set_yscale("log")
         ax.set_title(
-            f"ELR {fmt_elr(r.elr[g])}, seed {r.seed[g]}", fontsize=9, color=palette(r.elr[g])
+            f"{palette.title} {fmt_elr(r.elr[g])}, seed {r.seed[g]}",
+            fontsize=9,
+            color=palette(r.elr[g]),
         )
         ax.grid(True, which="major", alpha=0.3)
         if k % ncols == 0:

@@ -278,6 +278,16 @@ def test_whole_space_sweep_end_to_end_records_lr_and_weight_decay(tmp_path, digi
     assert Config.from_dict(res.config) == cfg
     fig = overview(tmp_path / "w")
     assert fig.legends[0].get_title().get_text() == "LR"
+    labels = [t.get_text() for t in fig.legends[1].get_texts()]  # a line style per wd
+    assert labels == ["w (wd 0)", "w (wd 0.001)"]
+    assert [(r["lr"], r["weight_decay"]) for r in res.summary["members"]][:2] == [
+        (0.05, 0.0),
+        (0.05, 1e-3),
+    ]
+    from three_regimes_jax.analysis.report import run_regimes_command
+
+    with pytest.raises(UserError, match="sweeps several weight decays"):
+        run_regimes_command(tmp_path / "w")
 
 
 def test_use_test_size_keeps_the_first_test_examples(digits):

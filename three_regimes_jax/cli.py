@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from three_regimes_jax.cli_flags import (  # re-exported: the flag helpers
     COMMAND_FLAGS as COMMAND_FLAGS,
 )
-from three_regimes_jax.cli_flags import add_config_flags, config_from_args
+from three_regimes_jax.cli_flags import WHOLE_FLAGS, add_config_flags, config_from_args
 from three_regimes_jax.cli_flags import parse_elrs as parse_elrs
 from three_regimes_jax.cli_flags import parse_floats as parse_floats
 from three_regimes_jax.cli_flags import parse_ints as parse_ints
@@ -229,7 +229,8 @@ def _add_find_transitions(sub) -> None:
     add_config_flags(
         p,
         ("model", "data", "train", "run"),
-        exclude=("--elrs", "--random-walk"),
+        # It searches ELRs on the sphere: the whole-space flags do not apply.
+        exclude=("--elrs", "--random-walk", *WHOLE_FLAGS),
         required=("--epochs",),
     )
     p.add_argument("--elr-range", required=True, help="LO,HI, e.g. 1e-6,10")

@@ -121,3 +121,5 @@ MODE_FLAGS = {
     "sphere": ("elrs", "random_walk", "random_walk_from"),
     "whole": ("lrs", "weight_decays", "momentum", "schedule", "noninv_lr"),
 }
+#: ``--train`` and the whole-space flags (commands that work on the sphere only leave them out).
+WHOLE_FLAGS = ("--train", *("--" + f.replace("_", "-") for f in MODE_FLAGS["whole"]))

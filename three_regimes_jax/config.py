@@ -253,7 +253,10 @@ class Config:
         for sec, values in by_section.items():
             current = getattr(self, sec)
             base = current.to_dict() if current is not None else {}
-            updates[sec] = SECTIONS[sec](**{**base, **values})
+            merged = {**base, **values}
+            if sec == "train":
+                _no_elrs_in_whole(merged, given="elrs" in values)
+            updates[sec] = SECTIONS[sec](**merged)
         return dataclasses.replace(self, **updates)
 
     @classmethod
@@ -299,12 +302,24 @@ class Config:
         unknown = sorted(set(d) - set(SECTIONS) - {"kind", "format_version", "results_format"})
         if unknown:
             raise UserError(f"config: unknown section(s) {', '.join(unknown)}")
+        if isinstance(d.get("train"), Mapping):
+            _no_elrs_in_whole(d["train"], given=True)
         sections = {
             name: SECTIONS[name].from_dict(d[name], f"config.{name}")
             for name in SECTIONS
             if d.get(name) is not None
         }
         return cls(**sections)
+
+
+def _no_elrs_in_whole(train: Mapping[str, Any], *, given: bool) -> None:
+    """Refuses ELRs given explicitly to a whole-space run (even the default list).
+
+    ``TrainConfig`` drops the default ELRs of a whole-space run, so it cannot
+    tell them from ELRs a user wrote; callers that can tell check here.
+    """
+    if given and train.get("mode") == "whole" and train.get("elrs"):
+        raise UserError("--elrs applies to --train sphere only; --train whole sweeps --lrs")
 
 
 # Flat keys of format-1 sweep configs that are not fields (written for information).

@@ -201,6 +201,12 @@ def run_regimes_command(
     """
     check_not_busy(path)
     res = load_results(path)
+    wds = sorted({float(w) for w in res.metrics.get("weight_decay", [])})
+    if len(wds) > 1:
+        raise UserError(
+            f"{path} sweeps several weight decays ({', '.join(f'{w:g}' for w in wds)}); "
+            "regimes compares the LRs of one weight decay: run one sweep per weight decay"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {Path(path) / REGIMES_FILE}: {path} is not writable")
     rw = None

@@ -92,6 +92,12 @@ def load_endpoint(spec: str) -> Endpoint:
         if epoch is None:
             raise UserError(f"no checkpoints in {directory}; run it with --checkpoint-* flags")
     meta = read_meta(directory, epoch)
+    wds = sorted({float(w) for w in meta.get("weight_decay", [])})
+    if len(wds) > 1:
+        raise UserError(
+            f"{directory} sweeps several weight decays ({', '.join(f'{w:g}' for w in wds)}); "
+            "interpolate selects members by LR: use a run with one weight decay"
+        )
     elrs = [float(e) for e in meta["elr"]]
     picks = list(range(len(elrs)))
     if elr is not None:

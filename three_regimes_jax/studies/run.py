@@ -122,6 +122,9 @@ def summarize(
     members = []
     for i in range(len(metrics["elr"])):
         row = {"elr": float(metrics["elr"][i]), "seed": int(metrics["seed"][i])}
+        for k in ("lr", "weight_decay"):  # whole-space runs
+            if k in metrics:
+                row[k] = float(metrics[k][i])
         for k in EPOCH_METRICS:
             row[k] = float(metrics[k][i, -1])
         row["test_error"] = 1.0 - row["test_acc"]

@@ -159,43 +159,6 @@ def load_dataset(
         DataError: On an unknown name or source, invalid options, missing data
             (naming every path / TFDS name tried) or corrupt files.
     """
-    ds = _load(
-        name,
-        data_dir,
-        source=source,
-        use_data_size=use_data_size,
-        label_noise=label_noise,
-        noise_seed=noise_seed,
-        pad_to=pad_to,
-        split_test=split_test,
-        vocab_size=vocab_size,
-        max_len=max_len,
-    )
-    if use_test_size is None:
-        return ds
-    if isinstance(use_test_size, bool) or not 1 <= int(use_test_size) <= ds.num_test:
-        raise DataError(
-            f"--use-test-size must be an integer in [1, {ds.num_test}] (the test set), "
-            f"got {use_test_size!r}"
-        )
-    n = int(use_test_size)
-    return dataclasses.replace(ds, x_test=ds.x_test[:n].copy(), y_test=ds.y_test[:n].copy())
-
-
-def _load(
-    name: str,
-    data_dir: str | os.PathLike | None = None,
-    *,
-    source: str = "auto",
-    use_data_size: int | None = None,
-    label_noise: float = 0.0,
-    noise_seed: int = 0,
-    pad_to: int | None = None,
-    split_test: float | None = None,
-    vocab_size: int = 20000,
-    max_len: int = 64,
-) -> Dataset:
-    """:func:`load_dataset` without ``use_test_size``."""
     key = name.lower() if isinstance(name, str) else name
     if key not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
@@ -213,7 +176,7 @@ def _load(
     if key == "ag_news":
         if pad_to is not None:
             raise DataError("pad_to applies to image datasets only, not to ag_news")
-        return load_ag_news(
+        text = load_ag_news(
             _base_dir(data_dir),
             split_test=split_test,
             vocab_size=vocab_size,
@@ -223,6 +186,7 @@ def _load(
             noise_seed=noise_seed,
             source=source,
         )
+        return _keep_test(text, use_test_size)
     if split_test is not None:
         raise DataError(f"--split-test applies to --dataset ag_news only, not to {key}")
     num_classes = NUM_CLASSES[key]
@@ -244,4 +208,18 @@ def _load(
     if pad_to is not None:
         x_train = transforms.pad_to(x_train, pad_to)
         x_test = transforms.pad_to(x_test, pad_to)
-    return Dataset(key, x_train, y_train, x_test, y_test.astype(np.int32), num_classes)
+    ds = Dataset(key, x_train, y_train, x_test, y_test.astype(np.int32), num_classes)
+    return _keep_test(ds, use_test_size)
+
+
+def _keep_test(ds: Dataset, use_test_size: int | None) -> Dataset:
+    """``ds`` with only its first ``use_test_size`` test examples (None: all)."""
+    if use_test_size is None:
+        return ds
+    if isinstance(use_test_size, bool) or not 1 <= int(use_test_size) <= ds.num_test:
+        raise DataError(
+            f"--use-test-size must be an integer in [1, {ds.num_test}] (the test set), "
+            f"got {use_test_size!r}"
+        )
+    n = int(use_test_size)
+    return dataclasses.replace(ds, x_test=ds.x_test[:n].copy(), y_test=ds.y_test[:n].copy())
