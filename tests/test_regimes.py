@@ -525,5 +525,6 @@ def test_find_transitions_network(tmp_path):
     report, _ = run_regimes_command(out / "round_1")
     _check_report(report, 4)
     assert report["members"][-1]["regime"] == 3  # ELR 10 after 3 epochs: chance level
-    with pytest.raises(UserError, match="not empty"):
+    # Another search into the same --out is refused (it holds a different run).
+    with pytest.raises(UserError, match="already holds a different run"):
         run_find_transitions_command(base, (1e-3, 10.0), 1, 2, 1, out=out, progress=False)
