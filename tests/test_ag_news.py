@@ -290,3 +290,33 @@ def test_transformer_options() -> None:
     ]:
         with pytest.raises(ValueError, match=match):
             jax.eval_shape(lambda m=model: m.init({"params": _key(0)}, TOKENS, train=False))
+
+
+def test_transformer_sweep_end_to_end_on_a_small_csv(tmp_path: Path) -> None:
+    """CLI-equivalent run: AG News CSV -> tokens -> Transformer -> whole-space SGD -> results."""
+    from three_regimes_jax.config import Config
+    from three_regimes_jax.storage.results import load_results
+    from three_regimes_jax.studies.sweep import run_sweep
+
+    write_csv(tmp_path / "ag" / "test.csv", synthetic_rows(8))
+    cfg = Config.from_flat(
+        model="transformer",
+        d_model=8,
+        d_ff=16,
+        dataset="ag_news",
+        data_dir=str(tmp_path / "ag"),
+        split_test=0.5,
+        vocab_size=64,
+        max_len=8,
+        train_mode="whole",
+        lrs=(0.1, 100.0),
+        weight_decays=(1e-3,),
+        momentum=0.9,
+        epochs=2,
+        batch_size=8,
+    )
+    run_sweep(cfg, out=tmp_path / "run", progress=False)
+    m = load_results(tmp_path / "run").metrics
+    assert m["train_loss"].shape == (2, 3) and np.isfinite(m["train_loss"][0]).all()
+    assert m["group_names"].tolist() == ["layer_0/ff_in/kernel", "layer_0/ff_out/kernel"]
+    assert m["test_acc"][0, -1] >= 0.0 and m["lr"].tolist() == [0.1, 100.0]

@@ -305,3 +305,26 @@ def test_fast_vjp_gradients_match_plain_convolution(points):
     fast, plain = grads(variables["params"])
     for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "mode"), [("resnet18_si", "sphere"), ("resnet18", "whole")])
+def test_resnet_sweep_end_to_end(tmp_path, name, mode):
+    """A one-epoch sweep of each ResNet through the whole run driver (slow: ResNet compiles)."""
+    from three_regimes_jax.config import Config
+    from three_regimes_jax.storage.results import load_results
+    from three_regimes_jax.studies.sweep import run_sweep
+
+    train = {"elrs": (1e-3, 1e-2)} if mode == "sphere" else {}
+    if mode == "whole":
+        train = {"train_mode": "whole", "lrs": (0.01, 0.1), "momentum": 0.9}
+        train |= {"weight_decays": (5e-4,), "schedule": "cosine"}
+    cfg = Config.from_flat(
+        model=name, width=2, dataset="digits", use_data_size=64, batch_size=32, epochs=1, **train
+    )
+    run_sweep(cfg, out=tmp_path / "r", progress=False)
+    m = load_results(tmp_path / "r").metrics
+    assert np.isfinite(m["train_loss"]).all() and m["train_loss"].shape == (2, 2)
+    n_si = 20 if name == "resnet18_si" else 17
+    assert len(m["group_names"]) == n_si
+    assert m["group_individually_si"].sum() == 8
