@@ -396,6 +396,9 @@ class RunConfig(Section):
         ``highest`` (full float32, as the paper's PyTorch runs; the default),
         ``high`` or ``default`` (TF32/bf16 passes on GPUs and TPUs).  CPUs
         compute float32 in full either way.
+      memory_limit_mb: the memory the grid may use (default: the device's
+        limit, or the host's available RAM on CPU); a grid that does not fit
+        trains in sequential chunks of members (:mod:`three_regimes_jax.engine.memory`).
     """
 
     strategy: str = option("auto", "--strategy", "how members run", "str", choices=STRATEGIES)
@@ -405,6 +408,13 @@ class RunConfig(Section):
         "float32 matmul/conv precision (highest: full FP32 as the paper; default: TF32 on GPU)",
         "str",
         choices=PRECISIONS,
+    )
+    memory_limit_mb: float | None = option(
+        None,
+        "--memory-limit-mb",
+        "memory the grid may use (default: the device's)",
+        "opt_float",
+        low=1e-3,
     )
 
 

@@ -34,6 +34,27 @@ def _with_precision(fn: Callable, precision: str) -> Callable:
     return wrapped
 
 
+def _chunked(fn: Callable, chunk: int | None, state: GridState, *args, per_member=()):
+    """``fn(state, *args)`` in sequential chunks of ``chunk`` members, outputs concatenated.
+
+    ``per_member``: the positions in ``args`` that carry a grid axis too (sliced
+    like the state); every output leaf has a leading grid axis.
+    """
+    g = state.size
+    if chunk is None or chunk >= g:
+        return fn(state, *args)
+    outs = []
+    for lo in range(0, g, chunk):
+        hi = min(lo + chunk, g)
+        part = jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], state)
+        part_args = [
+            jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], a) if i in per_member else a
+            for i, a in enumerate(args)
+        ]
+        outs.append(fn(part, *part_args))
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
+
+
 def _step_norm_arg(state: GridState, step_norm) -> jax.Array:
     """``[G]`` float32 random-walk step norms; NaN (each member's own) when None."""
     if step_norm is None:
@@ -119,7 +140,7 @@ class GridTrainer:
             ),
             precision,
         )
-        self.evaluate = self._jit(
+        self.evaluate_fn = self._jit(
             make_evaluate(model, si_mask, batch_size=self.eval_batch_size, strategy=s), precision
         )
         self.recompute_batch_stats = self._jit(
@@ -135,6 +156,10 @@ class GridTrainer:
             pad_value=self.pad_value,
         )
         self._train_epoch_log: Callable | None = None
+        #: Members per compiled call (None: the whole grid at once); set by the
+        #: memory planner (:mod:`~three_regimes_jax.engine.memory`) for grids
+        #: that do not fit.  The results are the same either way.
+        self.chunk_size: int | None = None
         self._sharpness: dict[tuple[int, int, int], Callable] = {}
 
     @staticmethod
@@ -192,7 +217,10 @@ class GridTrainer:
         :func:`~three_regimes_jax.engine.train.make_train_epoch`).
         """
         step_norm = _step_norm_arg(state, step_norm)
-        return self.train_epoch_fn(state, x, y, jnp.asarray(epoch, jnp.uint32), step_norm)
+        epoch = jnp.asarray(epoch, jnp.uint32)
+        return _chunked(
+            self.train_epoch_fn, self.chunk_size, state, x, y, epoch, step_norm, per_member=(3,)
+        )
 
     def train_epoch_logged(
         self, state: GridState, x: jax.Array, y: jax.Array, epoch: int, step_norm=None
@@ -215,7 +243,10 @@ class GridTrainer:
                 self.precision,
             )
         step_norm = _step_norm_arg(state, step_norm)
-        return self._train_epoch_log(state, x, y, jnp.asarray(epoch, jnp.uint32), step_norm)
+        epoch = jnp.asarray(epoch, jnp.uint32)
+        return _chunked(
+            self._train_epoch_log, self.chunk_size, state, x, y, epoch, step_norm, per_member=(3,)
+        )
 
     def sharpness(
         self,
@@ -245,4 +276,8 @@ class GridTrainer:
                 ),
                 self.precision,
             )
-        return self._sharpness[settings](state, x, y, key)
+        return _chunked(self._sharpness[settings], self.chunk_size, state, x, y, key)
+
+    def evaluate(self, state: GridState, x_tr, y_tr, x_te, y_te) -> dict[str, jax.Array]:
+        """Every member's metrics at its parameters (see :func:`make_evaluate`)."""
+        return _chunked(self.evaluate_fn, self.chunk_size, state, x_tr, y_tr, x_te, y_te)

@@ -19,6 +19,7 @@ checkpoint's meta, the abstract grid state to restore into
 from __future__ import annotations
 
 import shutil
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,13 @@ from three_regimes_jax.engine.loop import (
     History,
     SharpnessSettings,
     train_grid,
+)
+from three_regimes_jax.engine.memory import (
+    MB,
+    MemoryPlan,
+    device_limit_bytes,
+    member_bytes,
+    plan_chunks,
 )
 from three_regimes_jax.engine.metrics import SHARPNESS_KEYS
 from three_regimes_jax.engine.models import input_size_of
@@ -109,6 +117,24 @@ def state_template(meta: Mapping[str, Any]) -> GridState:
     return jax.eval_shape(
         lambda: make_trainer(config, num_classes, shape).init([hyper] * g, [0] * g, shape)
     )
+
+
+def plan_memory(config: Config, trainer: GridTrainer, state: GridState, ds: Dataset) -> MemoryPlan:
+    """How the grid fits in ``run.memory_limit_mb`` (default: the device's memory).
+
+    Planned from shapes only, before anything compiles (see
+    :mod:`~three_regimes_jax.engine.memory`).
+
+    Raises:
+      UserError: not even one member fits.
+    """
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
+    batch = max(trainer.batch_size, trainer.eval_batch_size)
+    per = member_bytes(trainer.model, one, ds.image_shape, batch)["total"]
+    shared = sum(a.nbytes for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+    limit_mb = config.run.memory_limit_mb
+    limit = device_limit_bytes() if limit_mb is None else int(limit_mb * MB)
+    return plan_chunks(state.size, per, shared, limit)
 
 
 def summarize(
@@ -271,6 +297,10 @@ def run_grid(
             f"--batch-size {config.train.batch_size} is larger than the {ds.x_train.shape[0]} "
             "training examples, so --drop-last would drop every batch; use a smaller batch"
         )
+    plan = plan_memory(config, trainer, state, ds)
+    trainer.chunk_size = plan.chunk_size if plan.chunks > 1 else None
+    if plan.chunks > 1:
+        print(f"three-regimes: {plan.line()}", file=sys.stderr)
     if trainer.strategy == "vmap":
         state = shard_grid(state)  # a no-op on one device
     ckpt = None
@@ -356,6 +386,7 @@ def run_grid(
     summary = summarize(
         metrics, seconds, trainer.strategy, config.train.epochs, config.run.precision
     )
+    summary["memory"] = plan.to_dict()
     if start > config.start_epoch:
         summary["resumed_from_epoch"] = start
     cfg = config.to_dict()
