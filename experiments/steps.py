@@ -32,7 +32,13 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from three_regimes_jax.config import CONFIG_VERSION, FINETUNE_OVERRIDES, Config, fields_of
+from three_regimes_jax.config import (
+    CONFIG_VERSION,
+    FINETUNE_OVERRIDES,
+    WHOLE_ONLY,
+    Config,
+    fields_of,
+)
 from three_regimes_jax.errors import UserError
 
 #: Placeholders a step's strings may use.
@@ -230,16 +236,7 @@ KINDS: dict[str, Kind] = {
         ),
         _run_find_transitions,
         sections=("model", "data", "train", "run"),
-        excluded=(
-            "elrs",
-            "random_walk",
-            "train_mode",
-            "lrs",
-            "weight_decays",
-            "momentum",
-            "schedule",
-            "noninv_lr",
-        ),
+        excluded=("elrs", "random_walk", "train_mode", *WHOLE_ONLY),
         required=("epochs",),
     ),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from three_regimes_jax.config import WHOLE_ONLY
 from three_regimes_jax.errors import UserError
 
 
@@ -117,9 +118,6 @@ def config_from_args(args, **overrides):
 
 
 #: Flat names of the flags that apply to one training mode only.
-MODE_FLAGS = {
-    "sphere": ("elrs", "random_walk", "random_walk_from"),
-    "whole": ("lrs", "weight_decays", "momentum", "schedule", "noninv_lr"),
-}
+MODE_FLAGS = {"sphere": ("elrs", "random_walk", "random_walk_from"), "whole": WHOLE_ONLY}
 #: ``--train`` and the whole-space flags (commands that work on the sphere only leave them out).
 WHOLE_FLAGS = ("--train", *("--" + f.replace("_", "-") for f in MODE_FLAGS["whole"]))

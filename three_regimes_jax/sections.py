@@ -23,6 +23,8 @@ MODEL_NAMES = (
 )
 DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100", "ag_news")
 TRAIN_MODES = ("sphere", "whole")
+#: ``TrainConfig`` fields (also their flat names) that apply to ``--train whole`` only.
+WHOLE_ONLY = ("lrs", "weight_decays", "momentum", "schedule", "noninv_lr")
 SCHEDULES = ("constant", "cosine")
 POSITIONAL = ("sinusoidal", "learned")
 POOLING = ("mean", "first")
@@ -283,15 +285,9 @@ class TrainConfig(Section):
             )
         if self.mode == "sphere":
             wrong = [
-                flag
-                for flag, given in (
-                    ("--lrs", bool(self.lrs)),
-                    ("--weight-decays", self.weight_decays != (0.0,)),
-                    ("--momentum", self.momentum != 0.0),
-                    ("--schedule", self.schedule != "constant"),
-                    ("--noninv-lr", self.noninv_lr != -1.0),
-                )
-                if given
+                f.metadata["flag"]
+                for f in dataclasses.fields(self)
+                if f.name in WHOLE_ONLY and getattr(self, f.name) != f.default
             ]
             if wrong:
                 raise UserError(

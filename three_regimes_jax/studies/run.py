@@ -30,8 +30,7 @@ import numpy as np
 
 from three_regimes_jax.analysis.report import check_random_walk_pair
 from three_regimes_jax.config import Config
-from three_regimes_jax.engine.data import Dataset, load_dataset
-from three_regimes_jax.engine.data.transforms import augment_pad_value
+from three_regimes_jax.engine.data import Dataset, augment_pad_value, load_dataset
 from three_regimes_jax.engine.grid import GridState, member, shard_grid
 from three_regimes_jax.engine.loop import (
     EPOCH_METRICS,

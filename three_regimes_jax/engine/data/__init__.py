@@ -47,6 +47,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "add_label_noise",
+    "augment_pad_value",
     "load_ag_news",
     "load_dataset",
     "normalize",
@@ -64,6 +65,21 @@ _EXPECTED = {
 _STATS = {"mnist": (MNIST_MEAN, MNIST_STD), "cifar10": (CIFAR_MEAN, CIFAR_STD)}
 _STATS["cifar100"] = _STATS["cifar10"]
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def augment_pad_value(dataset: str) -> np.ndarray:
+    """``[C]`` float32: a black pixel after normalisation, ``-mean / std`` per channel.
+
+    The padding value of the random-crop augmentation: the official code pads
+    the raw image with black before normalising (torchvision ``RandomCrop``).
+
+    Raises:
+        DataError: for datasets without fixed image statistics (digits, text).
+    """
+    if dataset not in _STATS:
+        raise DataError(f"--augment is for CIFAR (or MNIST) images, not --dataset {dataset}")
+    mean, std = (np.asarray(v, np.float32) for v in _STATS[dataset])
+    return -mean / std
 
 
 def _base_dir(data_dir: str | os.PathLike | None) -> Path | None:

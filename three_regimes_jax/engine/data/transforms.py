@@ -137,20 +137,3 @@ def add_label_noise(y: np.ndarray, fraction: float, num_classes: int, seed: int 
     out = np.array(y, dtype=np.int32)
     out[idx] = rng.integers(0, num_classes, size=idx.size)
     return out
-
-
-def augment_pad_value(dataset: str) -> np.ndarray:
-    """``[C]`` float32: a black pixel after normalisation, ``-mean / std`` per channel.
-
-    The padding value of the random-crop augmentation: the official code pads
-    the raw image with black before normalising (torchvision ``RandomCrop``).
-
-    Raises:
-        DataError: for datasets without the paper's image statistics.
-    """
-    stats = {"cifar10": (CIFAR_MEAN, CIFAR_STD), "cifar100": (CIFAR_MEAN, CIFAR_STD)}
-    stats["mnist"] = (MNIST_MEAN, MNIST_STD)
-    if dataset not in stats:
-        raise DataError(f"--augment is for CIFAR images, not --dataset {dataset}")
-    mean, std = (np.asarray(v, np.float32) for v in stats[dataset])
-    return -mean / std
