@@ -195,3 +195,25 @@ def test_grid_sharded_over_four_devices_matches_one_device():
     one, four = _shard_run(1), _shard_run(4)
     assert four["devices"] == 4 and four["shards"] == 4 and one["shards"] == 1
     np.testing.assert_allclose(four["train_loss"], one["train_loss"], rtol=1e-5)
+
+
+def test_fused_sphere_step_equals_optax_update_path(trainers, tiny_mlp, tiny):
+    """The trainer's fused step (``opt.apply``) == ``opt.update`` + ``optax.apply_updates``."""
+    from three_regimes_jax.engine.train import make_train_step
+
+    model, mask = tiny_mlp
+    opt = trainers["map"].optimizer
+    assert opt.apply is not None
+    fused = jax.jit(make_train_step(model, mask, opt))
+    generic = jax.jit(make_train_step(model, mask, opt._replace(apply=None)))
+    x, y, *_ = tiny
+    a = b = member(trainers["map"].init([0.5], [0], (8, 8, 1)), 0)
+    for i in range(5):
+        xb, yb = x[64 * i % 192 :][:64], y[64 * i % 192 :][:64]
+        a, ma = fused(a, xb, yb)
+        b, mb = generic(b, xb, yb)
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        assert rel_err(u, v) < 1e-5
+    for k in ma:
+        np.testing.assert_allclose(ma[k], mb[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    assert -1.0 < float(ma["step_cos"]) < 1.0  # the step moved the weights

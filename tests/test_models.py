@@ -199,3 +199,21 @@ def test_every_registered_model_builds_from_a_config_with_its_default_width():
         build_model_from_config(Config.from_flat(model="resnet18_si", width=2), 10), (32, 32, 3)
     )
     assert len(sets) == 20 and sets.count(None) == 8
+
+
+@pytest.mark.parametrize("shape,k", [((4, 8, 8, 3), 2), ((2, 9, 7, 2), 2), ((2, 4, 4, 5), 4)])
+def test_reshape_max_pool_matches_flax_max_pool(shape, k):
+    """Values equal ``nn.max_pool`` (VALID, odd sizes floored); gradients through a ReLU too."""
+    from flax import linen as nn
+
+    from three_regimes_jax.engine.models.convnet import _max_pool
+
+    z = jax.random.normal(jax.random.key(0), shape)
+    ref = lambda z: nn.max_pool(jax.nn.relu(z), (k, k), strides=(k, k))  # noqa: E731
+    ours = lambda z: _max_pool(jax.nn.relu(z), k)  # noqa: E731
+    np.testing.assert_array_equal(ours(z), ref(z))
+    dy = jax.random.normal(jax.random.key(1), ref(z).shape)
+    g_ref = jax.grad(lambda z: jnp.sum(ref(z) * dy))(z)
+    g_ours = jax.grad(lambda z: jnp.sum(ours(z) * dy))(z)
+    assert float(jnp.mean(z < 0)) > 0.3  # windows of ReLU zeros (ties) are present
+    np.testing.assert_array_equal(g_ours, g_ref)

@@ -11,14 +11,17 @@ import optax
 import pytest
 from flax import linen as nn
 
+from three_regimes_jax.engine.diagnostics import adjacent_cos
 from three_regimes_jax.engine.sphere import (
     elr_to_lr,
     group_stats,
+    leaf_sums,
     project_to_sphere,
     scale_invariant,
     si_group_names,
     si_norm,
     sphere_sgd,
+    sphere_step,
     split_si,
 )
 
@@ -233,3 +236,30 @@ def test_si_mask_comes_from_declaration_not_names():
 def test_mask_structure_mismatch_is_clear():
     with pytest.raises(ValueError, match="si_mask"):
         si_norm({"a": jnp.ones(2), "b": jnp.ones(2)}, {"a": True})
+
+
+def test_fused_sphere_step_equals_two_pass_projection():
+    """``sphere_step`` (analytic ``||h||`` from the leaf sums) == materialise h, reduce, rescale."""
+    p = _params()
+    g = _si_grad(p)
+    lr = elr_to_lr(0.37, si_norm(p, MASK))
+    sums = leaf_sums(p, g, MASK)
+    hat = jax.tree.map(lambda m, x, d: x - lr * d if m else x, MASK, p, g)
+    expected = project_to_sphere(MASK).update(
+        jax.tree.map(lambda h, x: h - x, hat, p), project_to_sphere(MASK).init(p), p
+    )[0]
+    expected = optax.apply_updates(p, expected)
+    new, cos = sphere_step(p, g, MASK, lr, si_norm(p, MASK), sums)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+    assert np.array_equal(np.asarray(new["frozen_like"]), np.asarray(p["frozen_like"]))
+    assert float(cos) == pytest.approx(float(adjacent_cos(p, new, MASK)), rel=1e-6)
+    assert float(cos) < 1.0
+    # the sums are the per-leaf squared norms and inner products (si_group_names order)
+    leaves = [p["a"], p["b"]["v"], p["b"]["w"]]
+    grads = [g["a"], g["b"]["v"], g["b"]["w"]]
+    np.testing.assert_allclose(sums.pp, [np.sum(np.square(x)) for x in leaves], rtol=1e-6)
+    np.testing.assert_allclose(sums.gg, [np.sum(np.square(x)) for x in grads], rtol=1e-6)
+    np.testing.assert_allclose(
+        sums.pg, [np.sum(x * d) for x, d in zip(leaves, grads, strict=True)], atol=1e-6
+    )

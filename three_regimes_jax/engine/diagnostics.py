@@ -41,8 +41,20 @@ def adjacent_cos(params_a: PyTree, params_b: PyTree, si_mask: PyTree) -> jax.Arr
     Returns:
       A scalar in ``[-1, 1]``.
     """
-    a, b = _si_flat(params_a, si_mask), _si_flat(params_b, si_mask)
-    return jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b))
+    mask = jax.tree.leaves(si_mask)
+    leaves_a, leaves_b = jax.tree.leaves(params_a), jax.tree.leaves(params_b)
+    if not len(leaves_a) == len(leaves_b) == len(mask):
+        raise ValueError(f"si_mask has {len(mask)} leaves but params has {len(leaves_a)}")
+    pairs = [
+        (a.astype(jnp.float32), b.astype(jnp.float32))
+        for a, b, m in zip(leaves_a, leaves_b, mask, strict=True)
+        if m
+    ]
+    # Per-leaf sums (one fused pass), not one concatenated vector: no copy of the weights.
+    ab = sum(jnp.sum(a * b) for a, b in pairs)
+    aa = sum(jnp.sum(a * a) for a, _ in pairs)
+    bb = sum(jnp.sum(b * b) for _, b in pairs)
+    return ab * jax.lax.rsqrt(aa * bb)
 
 
 def ess_spread(group_ess: jax.Array) -> jax.Array:

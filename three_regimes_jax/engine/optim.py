@@ -38,7 +38,13 @@ import optax
 
 from three_regimes_jax.config import TrainConfig
 from three_regimes_jax.engine.diagnostics import tangent_gaussian
-from three_regimes_jax.engine.sphere import SphereState, elr_to_lr, sphere_sgd_swept
+from three_regimes_jax.engine.sphere import (
+    LeafSums,
+    SphereState,
+    elr_to_lr,
+    sphere_sgd_swept,
+    sphere_step,
+)
 
 PyTree = Any
 
@@ -57,12 +63,19 @@ class SweptOptimizer(NamedTuple):
       lr: ``lr(state, lr_scale=1.0)``: the plain learning rate of the SI
         parameters the state realises (for the per-group statistics).
       hyperparams: the names ``init`` takes.
+      apply: optional fused step ``apply(grads, state, params, sums) -> (params,
+        state, cos)`` returning the new parameters directly (and the cosine
+        between the SI weights before and after) from the step's
+        :class:`~three_regimes_jax.engine.sphere.LeafSums`; the same step as
+        ``update`` followed by ``optax.apply_updates``, in fewer passes over
+        the parameters.  None where there is no such shortcut.
     """
 
     init: Callable[..., Any]
     update: Callable[..., tuple[PyTree, Any]]
     lr: Callable[[Any], jax.Array]
     hyperparams: tuple[str, ...]
+    apply: Callable[..., tuple[PyTree, Any, jax.Array]] | None = None
 
 
 def random_walk(si_mask: PyTree) -> optax.GradientTransformationExtraArgs:
@@ -227,7 +240,11 @@ def make_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
         del lr_scale
         return elr_to_lr(state.elr, state.radius)
 
-    return SweptOptimizer(init, update, lr, ("elr",))
+    def apply(grads: PyTree, state: SphereState, params: PyTree, sums: LeafSums):
+        new, cos = sphere_step(params, grads, si_mask, lr(state), state.radius, sums)
+        return new, state, cos
+
+    return SweptOptimizer(init, update, lr, ("elr",), None if walk is not None else apply)
 
 
 def with_elr(state: SphereState, elr: float | jax.Array) -> SphereState:

@@ -269,13 +269,77 @@ def sphere_sgd_swept(
         if params is None:
             raise ValueError("sphere_sgd needs params in update()")
         lr = elr_to_lr(state.elr, state.radius)
-        theta_hat = jax.tree.map(
-            lambda m, p, g: p - lr.astype(p.dtype) * g if m else p, si_mask, params, grads
-        )
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        return _project_updates(theta_hat, params, zeros, si_mask, state.radius), state
+        new, _ = sphere_step(params, grads, si_mask, lr, state.radius)
+        return jax.tree.map(lambda n, p: n - p, new, params), state
 
     return SweptTransformation(init_fn, update_fn)
+
+
+class LeafSums(NamedTuple):
+    """Per-SI-leaf sums of one step, ``[n_groups]`` each (float32).
+
+    Attributes:
+      pp: ``||theta_i||**2``.
+      gg: ``||g_i||**2``.
+      pg: ``<theta_i, g_i>``.
+    """
+
+    pp: jax.Array
+    gg: jax.Array
+    pg: jax.Array
+
+
+def leaf_sums(params: PyTree, grads: PyTree, si_mask: PyTree) -> LeafSums:
+    """:class:`LeafSums` of the SI leaves (one fused pass over ``params`` and ``grads``)."""
+    f32 = [
+        (p.astype(jnp.float32), g.astype(jnp.float32))
+        for p, g in zip(_si_leaves(params, si_mask), _si_leaves(grads, si_mask), strict=True)
+    ]
+    return LeafSums(
+        pp=jnp.stack([jnp.sum(p * p) for p, _ in f32]),
+        gg=jnp.stack([jnp.sum(g * g) for _, g in f32]),
+        pg=jnp.stack([jnp.sum(p * g) for p, g in f32]),
+    )
+
+
+def sphere_step(
+    params: PyTree,
+    grads: PyTree,
+    si_mask: PyTree,
+    lr: jax.Array,
+    radius: jax.Array,
+    sums: LeafSums | None = None,
+) -> tuple[PyTree, jax.Array]:
+    """One projected SGD step on the total sphere, written as one pass over the parameters.
+
+    ``theta_new = radius * h / ||h||`` with ``h = theta - lr * g`` on the SI
+    leaves (non-SI leaves unchanged).  ``||h||**2 = pp - 2 lr pg + lr**2 gg``
+    is exact algebra on the sums of :func:`leaf_sums`, which the per-group
+    statistics need anyway, so the step reads ``theta`` and ``g`` once more and
+    writes ``theta_new`` once, instead of materialising ``h``, reducing it and
+    rescaling it (``benchmarks/profile_step.py``).
+
+    Args:
+      params: parameters ``theta``.
+      grads: gradients (or any step direction) ``g``.
+      si_mask: boolean pytree of the SI leaves.
+      lr: the plain learning rate ``elr * radius**2``.
+      radius: the sphere's radius.
+      sums: :func:`leaf_sums` of ``params`` and ``grads`` (computed if None).
+
+    Returns:
+      ``(theta_new, cos)``: the new parameters and the cosine between the SI
+      weights before and after the step (as ``diagnostics.adjacent_cos``).
+    """
+    sums = leaf_sums(params, grads, si_mask) if sums is None else sums
+    lr = jnp.asarray(lr, jnp.float32)
+    pp, gg, pg = jnp.sum(sums.pp), jnp.sum(sums.gg), jnp.sum(sums.pg)
+    hh = pp - 2.0 * lr * pg + lr * lr * gg
+    scale = jnp.asarray(radius, jnp.float32) * jax.lax.rsqrt(hh)
+    new = jax.tree.map(
+        lambda m, p, g: (scale * (p - lr * g)).astype(p.dtype) if m else p, si_mask, params, grads
+    )
+    return new, (pp - lr * pg) * jax.lax.rsqrt(pp * hh)
 
 
 def sphere_sgd(elr: float | jax.Array, si_mask: PyTree, radius: float | jax.Array | None = None):
@@ -330,7 +394,9 @@ class GroupStats(NamedTuple):
     total_ess: jax.Array
 
 
-def group_stats(params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array) -> GroupStats:
+def group_stats(
+    params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array, sums: LeafSums | None = None
+) -> GroupStats:
     """Per-group ELR, effective gradient norm and ESS; jittable and vmappable.
 
     Satisfies ``sum_i 1/elr_i = 1/total_elr`` (eq. 3) and
@@ -342,15 +408,13 @@ def group_stats(params: PyTree, grads: PyTree, si_mask: PyTree, lr: jax.Array) -
       grads: gradients of the loss.
       si_mask: boolean pytree of SI leaves.
       lr: the (plain) learning rate, ``elr * radius**2``.
+      sums: :func:`leaf_sums` of ``params`` and ``grads`` (computed if None).
 
     Returns:
       A :class:`GroupStats`.
     """
-    p_leaves = _si_leaves(params, si_mask)
-    g_leaves = _si_leaves(grads, si_mask)
-    rho_sq = jnp.stack([jnp.sum(jnp.square(p.astype(jnp.float32))) for p in p_leaves])
-    grad_sq = jnp.stack([jnp.sum(jnp.square(g.astype(jnp.float32))) for g in g_leaves])
-    return _stats(rho_sq, grad_sq, lr)
+    sums = leaf_sums(params, grads, si_mask) if sums is None else sums
+    return _stats(sums.pp, sums.gg, lr)
 
 
 def _stats(rho_sq: jax.Array, grad_sq: jax.Array, lr: jax.Array) -> GroupStats:

@@ -41,6 +41,7 @@ from three_regimes_jax.engine.optim import SweptOptimizer
 from three_regimes_jax.engine.sphere import (
     filter_stats,
     group_stats,
+    leaf_sums,
     si_norm,
 )
 
@@ -121,15 +122,21 @@ def make_train_step(
 
         (loss, (batch_stats, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(ms.params)
         lr = opt.lr(ms.opt_state, lr_scale)
-        stats = group_stats(ms.params, grads, si_mask, lr)
-        rw_key = jax.random.fold_in(
-            jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), RANDOM_WALK_SALT), ms.step
-        )
-        rw_norm = None if step_norm is None else step_norm / si_norm(ms.params, si_mask)
-        updates, opt_state = opt.update(
-            grads, ms.opt_state, ms.params, rw_key=rw_key, rw_norm=rw_norm, lr_scale=lr_scale
-        )
-        params = optax.apply_updates(ms.params, updates)
+        sums = leaf_sums(ms.params, grads, si_mask)
+        stats = group_stats(ms.params, grads, si_mask, lr, sums)
+        if opt.apply is not None:
+            params, opt_state, step_cos = opt.apply(grads, ms.opt_state, ms.params, sums)
+        else:
+            rw_key = jax.random.fold_in(
+                jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), RANDOM_WALK_SALT),
+                ms.step,
+            )
+            rw_norm = None if step_norm is None else step_norm / si_norm(ms.params, si_mask)
+            updates, opt_state = opt.update(
+                grads, ms.opt_state, ms.params, rw_key=rw_key, rw_norm=rw_norm, lr_scale=lr_scale
+            )
+            params = optax.apply_updates(ms.params, updates)
+            step_cos = adjacent_cos(ms.params, params, si_mask)
         new = ms.replace(
             params=params, batch_stats=batch_stats, opt_state=opt_state, step=ms.step + 1
         )
@@ -137,7 +144,7 @@ def make_train_step(
             "batch_loss": loss,
             "batch_acc": jnp.mean(jnp.argmax(logits, -1) == y),
             "eff_grad_norm_traj": stats.total_eff_grad_norm,
-            "step_cos": adjacent_cos(ms.params, params, si_mask),
+            "step_cos": step_cos,
             "group_elr": stats.elr,
             "group_eff_grad_norm": stats.eff_grad_norm,
             "group_ess": stats.ess,

@@ -6,13 +6,27 @@ import functools
 from typing import ClassVar
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 
 from three_regimes_jax.engine.models.layers import BatchNorm, FrozenDense, SIConv
 
 
 def _max_pool(x: jax.Array, k: int) -> jax.Array:
-    return nn.max_pool(x, (k, k), strides=(k, k))
+    """``k x k`` max pooling with stride ``k`` and no padding (as ``nn.max_pool``, VALID).
+
+    A max over reshaped axes rather than ``nn.max_pool``: XLA:CPU lowers the
+    latter's gradient (select-and-scatter) to index tensors and a scatter,
+    3x slower for the whole pooling (``benchmarks/profile_step.py``).  The
+    values are identical.  The gradient differs only at ties inside a window,
+    which it splits among them instead of giving all to the first.  Here every
+    pool follows a ReLU, where ties are zeros whose ReLU gradient is 0, so the
+    parameter gradients are bit-identical (``tests/test_models.py``).
+    """
+    b, h, w, c = x.shape
+    h, w = h // k, w // k
+    x = x[:, : h * k, : w * k]
+    return jnp.max(x.reshape(b, h, k, w, k, c), axis=(2, 4))
 
 
 class ConvNetSI(nn.Module):
