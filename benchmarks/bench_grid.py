@@ -325,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         section = "bench_grid_quick" if quick else "bench_grid_full" if full else "bench_grid"
         section += "" if fast_vjp else "_autodiff_conv"
         section = "bench_grid_reference" if args.reference_only else section
+        if args.grid_sizes:
+            section += f"_{'_'.join(models)}_g{args.grid_sizes.replace(',', '_')}"
         write_section(section, "\n".join([notes, "", *model_notes, "", table]))
     return 0
 
