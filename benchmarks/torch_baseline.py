@@ -34,8 +34,13 @@ from torch import nn
 
 BATCH = 128
 SGEMM_PEAK_GFLOPS = 380.0
-# FLOPs per step from XLA's cost analysis (benchmarks/bench_grid.py prints them).
-XLA_FLOPS = {"mlp_si": 150e6, "convnet_si": 2737e6}
+# FLOPs per step from XLA's cost analysis (bench_grid.py and bench_resnet.py print them).
+XLA_FLOPS = {
+    "mlp_si": 150e6,
+    "convnet_si": 2737e6,
+    "resnet18_si-8": 6.2e9,
+    "resnet18_si-32": 94.2e9,
+}
 
 
 class FrozenLinear(nn.Linear):
@@ -77,6 +82,54 @@ def convnet_si(width=8, in_ch=3, classes=10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
+class PreActBlock(nn.Module):
+    """The SI pre-activation block: relu(bn1) -> conv1 -> relu(bn2) -> conv2, plus shortcut.
+
+    The shortcut is a BN then a 1x1 convolution of ``relu(bn1(x))`` when the stride or
+    the width changes (the official ``resnet_si.py``), else ``x``.
+    """
+
+    def __init__(self, cin: int, planes: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(cin, affine=False)
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes, affine=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or cin != planes:
+            self.shortcut = nn.Sequential(
+                nn.BatchNorm2d(cin, affine=False), nn.Conv2d(cin, planes, 1, stride, bias=False)
+            )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(x))
+        sc = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        return self.conv2(torch.relu(self.bn2(out))) + sc
+
+
+class ResNet18SI(nn.Module):
+    """ResNet18SI of width k: stem conv, 4 stages of 2 blocks, BN-ReLU, avgpool 4, frozen head."""
+
+    def __init__(self, width: int = 32, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        blocks, cin = [], width
+        for stage in range(4):
+            for b in range(2):
+                planes = width * 2**stage
+                blocks.append(PreActBlock(cin, planes, 2 if stage > 0 and b == 0 else 1))
+                cin = planes
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(cin, affine=False)
+        self.head = FrozenLinear(cin, classes)
+        self.head.bias.data.zero_()  # the SI head has no bias
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.blocks(self.conv1(x))))
+        return self.head(torch.flatten(nn.functional.avg_pool2d(x, 4), 1))
+
+
 def make_step(model: nn.Module, elr: float):
     """The fixed-ELR projected SGD step; returns ``step(x, y) -> (loss, acc, stats)``."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -110,6 +163,8 @@ def bench(name: str, variant: str, steps: int, repeats: int) -> dict:
     torch.manual_seed(0)
     if name == "mlp_si":
         model, shape = mlp_si(), (1, 28, 28)
+    elif name.startswith("resnet18_si"):
+        model, shape = ResNet18SI(int(name.rsplit("-", 1)[1])), (3, 32, 32)
     else:
         model, shape = convnet_si(), (3, 32, 32)
     xs = torch.randn(steps, BATCH, *shape)
@@ -186,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--resnet", action="store_true", help="also ResNet18SI at k = 8 and 32")
     p.add_argument("--write", action="store_true", help="replace the section in RESULTS.md")
     p.add_argument(
         "--wait-quiet", type=float, default=0.0, help="wait up to S seconds for idle CPUs first"
@@ -211,6 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     plan += [("convnet_si", "channels_last", 16, 7)]
     if args.compile:
         plan += [("mlp_si", "compile", 64, 7), ("convnet_si", "compile", 16, 7)]
+    if args.resnet:
+        plan += [
+            ("resnet18_si-8", "channels_last", 4, 3),
+            ("resnet18_si-32", "channels_last", 2, 3),
+        ]
     for name, variant, steps, repeats in plan:
         try:
             r = bench(name, variant, steps, repeats)
@@ -220,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"| {name} | {variant} | failed: {err} | | | | |")
             continue
         gfs = XLA_FLOPS[name] / (r["ms"] * 1e-3) / 1e9
-        label = "MLP-SI 784-300-100" if name == "mlp_si" else "ConvNetSI-8"
+        labels = {"mlp_si": "MLP-SI 784-300-100", "convnet_si": "ConvNetSI-8"}
+        label = labels.get(name, name.replace("resnet18_si-", "ResNet18SI-"))
         line = (
             f"| {label} | {variant} | {r['ms']:.2f} | {r['ms_min']:.2f} | {gfs:.1f} | "
             f"{100 * gfs / SGEMM_PEAK_GFLOPS:.1f} | {r['warm_s']:.1f} |"
@@ -241,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         name = "torch_baseline" + ("_compile" if args.compile else "")
         name += "" if args.threads == os.cpu_count() else f"_threads{args.threads}"
         name += "_omp_passive" if os.environ.get("OMP_WAIT_POLICY") else ""
+        name += "_resnet" if args.resnet else ""
         write_section(name, notes + "\n\n" + "\n".join(lines))
     return 0
 
