@@ -87,6 +87,18 @@ def test_vmap_and_map_strategies_agree(grid_runs):
     np.testing.assert_allclose(mv["group_elr"][:2], mm["group_elr"][:2], rtol=1e-5)
 
 
+def test_vmap_over_more_than_a_chunk_of_members_agrees_with_map(trainers, tiny):
+    """On CPU, G > CPU_VMAP_CHUNK vmaps in chunks (incl. a remainder); members still == map."""
+    from three_regimes_jax.engine.train import CPU_VMAP_CHUNK
+
+    g = CPU_VMAP_CHUNK + 2
+    elrs, seeds = list(np.geomspace(1e-3, 1e-2, g)), [0, 1] * (g // 2)
+    (sv, mv), (sm, mm) = (_run(trainers[s], tiny, elrs, seeds, epochs=1) for s in ("vmap", "map"))
+    for a, b in zip(jax.tree.leaves(sv.params), jax.tree.leaves(sm.params), strict=True):
+        assert rel_err(a, b) < 1e-5
+    np.testing.assert_allclose(mv["batch_loss"], mm["batch_loss"], rtol=1e-5)
+
+
 def test_sphere_norm_kept_and_group_stats(grid_runs, trainers, tiny):
     state, m = grid_runs["vmap"]
     x, y, xt, yt = tiny

@@ -56,16 +56,28 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+# On XLA:CPU a vmapped MLP-SI step costs 1.33-1.40 ms per member up to G = 8 and
+# 1.51 / 1.71 / 1.81 ms at G = 16 / 32 / 64 (benchmarks/RESULTS.md, "vs_torch"):
+# larger grids run as a sequential map over vmapped chunks of this many members.
+CPU_VMAP_CHUNK = 8
+
+
 def over_members(fn: Callable, strategy: str) -> Callable:
     """Lifts ``fn(member_state, *shared)`` to a grid: ``vmap`` or ``lax.map`` over axis 0.
 
     A one-member ``vmap`` only adds batching overhead (~1.3x per MLP step,
     benchmarks/RESULTS.md), so one member always runs as a one-iteration map.
+    On CPU a ``vmap`` over more than :data:`CPU_VMAP_CHUNK` members runs as
+    ``lax.map(..., batch_size=CPU_VMAP_CHUNK)``: vmapped chunks, one after
+    another (the same numbers as one ``vmap``, to float rounding).
     """
 
     def grid_fn(state, *shared):
         g = jax.tree.leaves(state)[0].shape[0]
         if strategy == "vmap" and g > 1:
+            if g > CPU_VMAP_CHUNK and jax.default_backend() == "cpu":
+                member_fn = lambda ms: fn(ms, *shared)  # noqa: E731
+                return jax.lax.map(member_fn, state, batch_size=CPU_VMAP_CHUNK)
             return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(state, *shared)
         return jax.lax.map(lambda ms: fn(ms, *shared), state)
 
