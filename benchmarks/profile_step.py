@@ -38,7 +38,7 @@ CATEGORIES = (
     ("matmul", (" dot(",)),
     ("gather / scatter", (" gather(", " scatter(", " select-and-scatter(")),
     ("sort (batch order)", (" sort(",)),
-    ("reduce-window (pooling)", (" reduce-window(",)),
+    ("reduce-window (pooling; split reductions)", (" reduce-window(",)),
     ("reduction", (" reduce(",)),
     ("copy / transpose", (" copy(", " transpose(")),
 )
