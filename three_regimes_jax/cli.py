@@ -4,7 +4,8 @@ Subcommands: ``sweep`` (train an ELR x seed grid), ``finetune`` (pre-trained
 members x new ELRs), ``interpolate`` (linear connectivity between checkpoints),
 ``toy`` (the toy function of Sec. 3 with its theory), ``regimes`` (label each
 member), ``find-transitions`` (adaptive search of the regime borders),
-``plot`` (figures), ``experiment`` (the paper's figures from a catalog).  Bad input prints one line
+``plot`` (figures), ``experiment`` (the paper's figures from a catalog), ``merge``
+(join the shards of ``sweep --shard K/N``).  Bad input prints one line
 ``three-regimes: error: ...`` on stderr and exits with code 2, writing nothing.
 """
 
@@ -197,6 +198,28 @@ def _cmd_interpolate(args) -> int:
     return 0
 
 
+def _add_merge(sub) -> None:
+    p = sub.add_parser(
+        "merge",
+        help="join the results directories of sweep --shard K/N into the unsharded run's",
+        description="Check that the directories are the N shards of one run (one config but "
+        "for --shard, each shard once) and write the unsharded run's config.json, "
+        "metrics.npz, summary.json and checkpoints to --out.",
+    )
+    p.add_argument("dirs", nargs="+", help="the shards' results directories, in any order")
+    _add_output(p)
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_merge(args) -> int:
+    from three_regimes_jax.studies.merge import merge_shards
+
+    res = merge_shards(args.dirs, args.out, overwrite=args.overwrite)
+    if not args.quiet:
+        print(f"merged {len(args.dirs)} shards ({len(res.metrics['elr'])} members) into {args.out}")
+    return 0
+
+
 def _add_regimes(sub) -> None:
     p = sub.add_parser(
         "regimes",
@@ -230,7 +253,7 @@ def _add_find_transitions(sub) -> None:
         p,
         ("model", "data", "train", "run"),
         # It searches ELRs on the sphere: the whole-space flags do not apply.
-        exclude=("--elrs", "--random-walk", *WHOLE_FLAGS),
+        exclude=("--elrs", "--random-walk", "--shard", *WHOLE_FLAGS),
         required=("--epochs",),
     )
     p.add_argument("--elr-range", required=True, help="LO,HI, e.g. 1e-6,10")
@@ -342,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune(sub)
     _add_interpolate(sub)
     _add_toy(sub)
+    _add_merge(sub)
     _add_regimes(sub)
     _add_find_transitions(sub)
     _add_plot(sub)

@@ -62,6 +62,7 @@ from three_regimes_jax.sections import (  # noqa: E402 (re-exported: the tree's 
     RunConfig,
     TrainConfig,
 )
+from three_regimes_jax.sections_run import shard_of  # noqa: E402
 
 #: Flat names a fine-tune sets besides ``source`` and ``epoch``; every other field
 #: is the source run's (its model, data, batch size, seeds, sharpness settings).
@@ -159,6 +160,14 @@ class Config:
                 f"--sharpness-size ({m.sharpness_size}) must be >= --batch-size "
                 f"({t.batch_size}): sharpness is measured on mini-batches of the training size"
             )
+        if self.shard is not None:
+            n, g = self.shard[1], len(self._all_members())
+            if self.finetune is not None:
+                raise UserError("--shard applies to sweeps; fine-tune a merged run instead")
+            if n > g:
+                raise UserError(
+                    f"--shard {self.run.shard}: the grid has {g} member(s), so N can be at most {g}"
+                )
         first, last = self.start_epoch, self.end_epoch
         bad = [e for e in self.checkpoint.epochs if not first <= e <= last]
         if bad:
@@ -189,14 +198,33 @@ class Config:
         """Whether the run trains in the whole parameter space (``train.mode == "whole"``)."""
         return self.train.mode == "whole"
 
-    def _members(self) -> list[tuple[float, float, int]]:
-        """``(elr or lr, weight decay, seed)`` of each member, in grid order."""
+    def _all_members(self) -> list[tuple[float, float, int]]:
+        """``(elr or lr, weight decay, seed)`` of each member of the whole grid, in order."""
         t = self.train
         if self.whole:
             return [(lr, wd, s) for lr in t.lrs for wd in t.weight_decays for s in t.seeds]
         if t.grid == "zip":
             return [(e, 0.0, s) for e, s in zip(t.elrs, t.seeds, strict=True)]
         return [(e, 0.0, s) for e in t.elrs for s in t.seeds]
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """``(K, N)`` of ``run.shard``, or None for the whole grid."""
+        return shard_of(self.run.shard)
+
+    @property
+    def shard_range(self) -> tuple[int, int]:
+        """Members ``[start, stop)`` of the whole grid that this run trains."""
+        g = len(self._all_members())
+        if self.shard is None:
+            return 0, g
+        k, n = self.shard
+        return k * g // n, (k + 1) * g // n
+
+    def _members(self) -> list[tuple[float, float, int]]:
+        """``(elr or lr, weight decay, seed)`` of each member this run trains (its shard)."""
+        start, stop = self.shard_range
+        return self._all_members()[start:stop]
 
     @property
     def grid_size(self) -> int:

@@ -33,10 +33,7 @@ DEFAULT_ELRS = (1e-3, 1e-2, 1e-1, 1.0)
 #: The width ``k`` of each model when ``model.width`` is not set (paper App. C).
 DEFAULT_WIDTH = {"convnet_si": 32, "convnet_si_af": 32, "resnet18_si": 32}
 DEFAULT_WIDTH |= {"resnet18_si_af": 32, "resnet18": 64}
-STRATEGIES = ("auto", "vmap", "map")
 GRIDS = ("product", "zip")
-PRECISIONS = ("highest", "high", "default")
-DATA_KEYS = ("continue", "new")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,86 +354,21 @@ class MeasureConfig(Section):
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig(Section):
-    """When to save Orbax checkpoints of the whole grid.
+# The sections of how a run executes and where it starts (re-exported here).
+from three_regimes_jax.sections_run import (  # noqa: E402
+    DATA_KEYS,
+    PRECISIONS,
+    STRATEGIES,
+    CheckpointConfig,
+    FinetuneConfig,
+    RunConfig,
+)
 
-    With any checkpointing on, the first and the last epoch are always saved.
-
-    Attributes:
-      epochs: these epochs (0 = the initial state).
-      every: also every N epochs (0: off).
-      log: also the paper's log-spaced schedule (every epoch below 20, every
-        5th below 100, every 10th below 200, every 50th below 1000, ...).
-    """
-
-    epochs: tuple[int, ...] = option(
-        (), "--checkpoint-epochs", "comma-separated epochs, e.g. 0,1,5", "ints", low=0, unique=True
-    )
-    every: int = option(0, "--checkpoint-every", "every N epochs", "int", low=0)
-    log: bool = option(False, "--checkpoint-log", "the paper's log-spaced schedule", "bool")
-
-    @property
-    def enabled(self) -> bool:
-        """Whether any checkpoint is requested."""
-        return bool(self.epochs or self.every or self.log)
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig(Section):
-    """How the grid executes (never changes the numbers beyond float rounding).
-
-    Attributes:
-      strategy: ``auto``, ``vmap`` or ``map`` (``engine.grid.choose_strategy``).
-      precision: ``jax.default_matmul_precision`` of every compiled function:
-        ``highest`` (full float32, as the paper's PyTorch runs; the default),
-        ``high`` or ``default`` (TF32/bf16 passes on GPUs and TPUs).  CPUs
-        compute float32 in full either way.
-      memory_limit_mb: the memory the grid may use (default: the device's
-        limit, or the host's available RAM on CPU); a grid that does not fit
-        trains in sequential chunks of members (:mod:`three_regimes_jax.engine.memory`).
-    """
-
-    strategy: str = option("auto", "--strategy", "how members run", "str", choices=STRATEGIES)
-    precision: str = option(
-        "highest",
-        "--precision",
-        "float32 matmul/conv precision (highest: full FP32 as the paper; default: TF32 on GPU)",
-        "str",
-        choices=PRECISIONS,
-    )
-    memory_limit_mb: float | None = option(
-        None,
-        "--memory-limit-mb",
-        "memory the grid may use (default: the device's)",
-        "opt_float",
-        low=1e-3,
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig(Section):
-    """Where a fine-tune starts: a checkpoint of a source run.
-
-    Attributes:
-      source: results directory of the source run (with checkpoints).
-      epoch: the source checkpoint to start from (0: the initialisation).
-      members: source ELRs to fine-tune (empty: every source member).
-      data_key: batch order, ``continue`` (the source's) or ``new``.
-    """
-
-    source: str = option(
-        "", "--from", "the source run's results directory", "str", nonempty=True, flat="source"
-    )
-    epoch: int = option(0, "--epoch", "source checkpoint epoch (default: the latest)", "int", low=0)
-    members: tuple[float, ...] = option(
-        (),
-        "--members",
-        "source ELRs to fine-tune (default: all)",
-        "floats",
-        positive=True,
-        unique=True,
-    )
-    data_key: str = option(
-        "continue", "--data-key", "batch order: continue or new", "str", choices=DATA_KEYS
-    )
+__all__ = [
+    "DATA_KEYS",
+    "PRECISIONS",
+    "STRATEGIES",
+    "CheckpointConfig",
+    "FinetuneConfig",
+    "RunConfig",
+]

@@ -1,0 +1,111 @@
+"""Sharded sweeps (--shard K/N) and merge: the merged directory is the unsharded run."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from three_regimes_jax import Config, load_results, run_sweep
+from three_regimes_jax.cli import main
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.storage.checkpoint import complete_epochs, load_checkpoint, read_meta
+from three_regimes_jax.studies.merge import merge_shards, merged_results
+from three_regimes_jax.studies.run import state_template
+
+CFG = Config.from_flat(
+    dataset="digits",
+    elrs=(1e-3, 1e-1),
+    seeds=(0, 1),
+    epochs=2,
+    batch_size=64,
+    hidden=(32, 16),
+    use_data_size=200,
+    use_test_size=100,
+    checkpoint_every=2,
+    strategy="map",
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The unsharded run and its two shards (members 0-1 and 2-3)."""
+    root = tmp_path_factory.mktemp("shards")
+    full = run_sweep(CFG, out=root / "full", progress=False)
+    for k in range(2):
+        run_sweep(CFG.replace(shard=f"{k}/2"), out=root / f"s{k}", progress=False)
+    return root, full
+
+
+def test_shard_ranges_are_contiguous_blocks_covering_the_grid():
+    g = CFG.grid_size
+    ranges = [CFG.replace(shard=f"{k}/3").shard_range for k in range(3)]
+    assert ranges == [(0, 1), (1, 2), (2, 4)] and g == 4
+    members = [m for k in range(3) for m in CFG.replace(shard=f"{k}/3").member_hypers]
+    assert members == CFG.member_hypers
+    assert CFG.replace(shard="1/3").member_seeds == [1]
+
+
+@pytest.mark.parametrize(
+    "shard,match",
+    [
+        ("2/2", "0 <= K < N"),
+        ("a/b", "K/N"),
+        ("1", "K/N"),
+        ("0/5", "the grid has 4 member"),
+    ],
+)
+def test_bad_shard_values_are_one_line(shard, match):
+    with pytest.raises(UserError, match=match):
+        CFG.replace(shard=shard)
+
+
+def test_merged_shards_equal_the_unsharded_run_bit_for_bit(runs, tmp_path):
+    root, full = runs
+    out = tmp_path / "merged"
+    assert main(["merge", str(root / "s1"), str(root / "s0"), "--out", str(out), "--quiet"]) == 0
+    merged = load_results(out)
+    assert merged.config == load_results(root / "full").config
+    assert set(merged.metrics) == set(full.metrics)
+    for k, v in full.metrics.items():
+        np.testing.assert_array_equal(merged.metrics[k], v, err_msg=k)
+    assert [m["elr"] for m in merged.summary["members"]] == CFG.member_elrs
+    assert [s["shard"] for s in merged.summary["shards"]] == ["0/2", "1/2"]
+    # the checkpoints restore, and equal the unsharded run's
+    assert complete_epochs(out) == complete_epochs(root / "full") == [0, 2]
+    meta = read_meta(out, 2)
+    a, _ = load_checkpoint(out, 2, template=state_template(meta))
+    b, _ = load_checkpoint(root / "full", 2, template=state_template(meta))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert meta["seed"] == CFG.member_seeds and meta["members"] == 4
+    # in memory, from the shard list, without writing
+    inline = merged_results([root / "s0", root / "s1"])
+    np.testing.assert_array_equal(inline.metrics["test_loss"], full.metrics["test_loss"])
+
+
+def test_merge_refuses_shards_that_do_not_belong_together(runs, tmp_path, capsys):
+    root, _ = runs
+    out = tmp_path / "m"
+    with pytest.raises(UserError, match=r"shard\(s\) 1/2 missing"):
+        merge_shards([root / "s0"], out)
+    with pytest.raises(UserError, match="given twice"):
+        merge_shards([root / "s0", root / "s0"], out)
+    with pytest.raises(UserError, match="is not a shard"):
+        merge_shards([root / "full", root / "s0"], out)
+    other = tmp_path / "other"
+    other.mkdir()
+    cfg = json.loads((root / "s1" / "config.json").read_text())
+    cfg["run"]["precision"] = "default"
+    # a shard of another run: copy s1 with a changed config (its manifest still verifies data)
+    for f in (root / "s1").iterdir():
+        if f.is_file():
+            (other / f.name).write_bytes(f.read_bytes())
+    (other / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="shards of different runs: they differ in --precision"):
+        merge_shards([root / "s0", other], out)
+    assert not out.exists()
+    assert main(["merge", str(root / "s0"), "--out", str(out)]) == 2
+    assert "missing" in capsys.readouterr().err and not out.exists()
