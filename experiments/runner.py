@@ -45,10 +45,12 @@ from experiments.commands import format_step
 from experiments.steps import (
     PLACEHOLDER_RE,
     check_step,
+    config_of,
     run_step,
     strings,
     validate_step,
 )
+from three_regimes_jax.config import Config
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.outdir import check_out_path
 
@@ -300,3 +302,14 @@ __all__ = [
     "substitute",
     "validate_config",
 ]
+
+
+def sweep_configs(name: str, variant: str) -> list[Config]:
+    """The :class:`Config` of every sweep step of an experiment's variant (for ``plan``)."""
+    variants = load_experiment(name)["variants"]
+    if variant not in variants:
+        raise UserError(f"{name} has no variant {variant!r}; it has {', '.join(variants)}")
+    configs = [config_of(s) for s in variants[variant]["steps"] if s["run"] == "sweep"]
+    if not configs:
+        raise UserError(f"{name} ({variant}) has no sweep to plan")
+    return configs

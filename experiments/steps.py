@@ -80,7 +80,7 @@ def _out(required: bool = True) -> Key:
     return Key("out", "str", "--out", required)
 
 
-def _config_of(step: dict[str, Any]) -> Config:
+def config_of(step: dict[str, Any]) -> Config:
     """The :class:`Config` of a step's config tree (defaults for what it omits)."""
     return Config.from_dict({"kind": "sweep", "format_version": CONFIG_VERSION, **step["config"]})
 
@@ -96,7 +96,7 @@ def _args(step: dict[str, Any]) -> dict[str, Any]:
 def _run_sweep(step: dict[str, Any]) -> None:
     from three_regimes_jax.studies.sweep import run_sweep
 
-    res = run_sweep(_config_of(step), out=step["out"], progress=True)
+    res = run_sweep(config_of(step), out=step["out"], progress=True)
     print(res.table())
 
 
@@ -158,7 +158,7 @@ def _transitions_config(step: dict[str, Any]) -> Config:
     from three_regimes_jax.studies.search import validate_elr_range
 
     lo, _ = validate_elr_range(step["elr_range"])
-    return _config_of(step).replace(elrs=(lo,))
+    return config_of(step).replace(elrs=(lo,))
 
 
 def _run_find_transitions(step: dict[str, Any]) -> None:
@@ -364,7 +364,7 @@ def check_step(step: dict[str, Any]) -> None:
     """
     run = step["run"]
     if run == "sweep":
-        _config_of(step)
+        config_of(step)
     elif run == "find-transitions":
         _transitions_config(step)
     elif run == "finetune":

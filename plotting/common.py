@@ -24,6 +24,7 @@ from three_regimes_jax.analysis.stats import start_offset
 from three_regimes_jax.config import Config
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import Results, atomic_write, load_results
+from three_regimes_jax.storage.shards import load_runs
 
 #: A results directory path or loaded :class:`~three_regimes_jax.storage.results.Results`.
 RunLike = Results | str | os.PathLike
@@ -210,13 +211,20 @@ def as_runs(runs: RunLike | Sequence[RunLike]) -> list[Run]:
       runs: a path, a :class:`Results`, a :class:`Run`, or a sequence of them.
 
     Returns:
-      One :class:`Run` per input, labelled by directory name.
+      One :class:`Run` per input, labelled by directory name; the shard
+      directories of one run (``sweep --shard K/N``) become one run, named by
+      their parent directory.
 
     Raises:
       UserError: a path is not a readable results directory, or no run is given.
     """
     if isinstance(runs, Results | Run | str | os.PathLike):
         runs = [runs]
+    if runs and all(isinstance(r, str | os.PathLike) for r in runs):
+        # The shards of one run (sweep --shard K/N) plot as that run.
+        out = [Run(res, ps[0], _label(ps)) for ps, res in load_runs(runs)]
+        _dedupe_labels(out)
+        return out
     out: list[Run] = []
     for i, r in enumerate(runs):
         if isinstance(r, Run):
@@ -231,6 +239,14 @@ def as_runs(runs: RunLike | Sequence[RunLike]) -> list[Run]:
         raise UserError("no results to plot; pass at least one results directory")
     _dedupe_labels(out)
     return out
+
+
+def _label(paths: list[Path]) -> str:
+    """A directory's name; the shards of one run are named by their (first) parent directory."""
+    path = paths[0].resolve()
+    if len(paths) > 1 and path.parent.name:
+        return path.parent.name
+    return path.name or str(paths[0])
 
 
 def _dedupe_labels(runs: list[Run]) -> None:

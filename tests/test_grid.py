@@ -89,7 +89,7 @@ def test_vmap_and_map_strategies_agree(grid_runs):
 
 def test_vmap_over_more_than_a_chunk_of_members_agrees_with_map(trainers, tiny):
     """On CPU, G > CPU_VMAP_CHUNK vmaps in chunks (incl. a remainder); members still == map."""
-    from three_regimes_jax.engine.train import CPU_VMAP_CHUNK
+    from three_regimes_jax.engine.grid import CPU_VMAP_CHUNK
 
     g = CPU_VMAP_CHUNK + 2
     elrs, seeds = list(np.geomspace(1e-3, 1e-2, g)), [0, 1] * (g // 2)

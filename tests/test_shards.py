@@ -109,3 +109,53 @@ def test_merge_refuses_shards_that_do_not_belong_together(runs, tmp_path, capsys
     assert not out.exists()
     assert main(["merge", str(root / "s0"), "--out", str(out)]) == 2
     assert "missing" in capsys.readouterr().err and not out.exists()
+
+
+def test_slurm_scripts_parse_and_build_a_valid_shard_command(tmp_path):
+    """``bash -n`` passes; array task 2 of 4 builds a sweep command our CLI parses."""
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from three_regimes_jax.cli import build_parser
+
+    slurm = Path(__file__).resolve().parents[1] / "experiments" / "slurm"
+    for script in ("sweep_array.sh", "merge.sh"):
+        assert subprocess.run(["bash", "-n", str(slurm / script)]).returncode == 0
+    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1"}
+    env |= {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "4"}
+    flags = ["--dataset", "digits", "--elrs", "1e-3,1e-2,1e-1,1", "--epochs", "3"]
+    out = subprocess.run(
+        ["bash", str(slurm / "sweep_array.sh"), str(tmp_path), "--", *flags],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    argv = shlex.split(out)
+    assert argv[:2] == ["three-regimes", "sweep"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.shard == "2/4" and args.out == f"{tmp_path}/shard_2" and args.epochs == 3
+    for k in (0, 3):
+        (tmp_path / f"shard_{k}").mkdir()
+    out = subprocess.run(
+        ["bash", str(slurm / "merge.sh"), str(tmp_path)],
+        env={"PATH": "/usr/bin:/bin", "DRY_RUN": "1"}, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    args = build_parser().parse_args(shlex.split(out)[1:])
+    assert args.dirs == [f"{tmp_path}/shard_0", f"{tmp_path}/shard_3"]
+    assert args.out == f"{tmp_path}/merged"
+    bad = subprocess.run(["bash", str(slurm / "sweep_array.sh"), str(tmp_path)], env=env)
+    assert bad.returncode == 2
+
+
+def test_regimes_and_plot_take_the_shard_directories_of_one_run(runs, tmp_path):
+    root, full = runs
+    shards = [str(root / "s0"), str(root / "s1")]
+    assert main(["regimes", *shards, "--quiet"]) == 2  # where would regimes.json go?
+    assert main(["regimes", *shards, "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    assert main(["regimes", str(root / "full"), "--quiet"]) == 0
+    a = json.loads((tmp_path / "r" / "regimes.json").read_text())
+    b = json.loads((root / "full" / "regimes.json").read_text())
+    assert a == b
+    from plotting import run_plot
+
+    files = run_plot(shards, kind="overview", out=tmp_path / "fig")
+    assert any(f.suffix == ".png" for f in files)

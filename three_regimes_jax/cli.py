@@ -5,8 +5,9 @@ members x new ELRs), ``interpolate`` (linear connectivity between checkpoints),
 ``toy`` (the toy function of Sec. 3 with its theory), ``regimes`` (label each
 member), ``find-transitions`` (adaptive search of the regime borders),
 ``plot`` (figures), ``experiment`` (the paper's figures from a catalog), ``merge``
-(join the shards of ``sweep --shard K/N``).  Bad input prints one line
-``three-regimes: error: ...`` on stderr and exits with code 2, writing nothing.
+(join the shards of ``sweep --shard K/N``), ``plan`` (what a sweep costs).  Bad input
+prints one line ``three-regimes: error: ...`` on stderr and exits with code 2, writing
+nothing.
 """
 
 from __future__ import annotations
@@ -220,6 +221,44 @@ def _cmd_merge(args) -> int:
     return 0
 
 
+def _add_plan(sub) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="what a sweep costs: members, memory, chunks, shards, wall time (trains nothing)",
+        description="Plan a sweep (its flags) or an experiment's sweeps (--experiment) without "
+        "loading data or training: members, member-steps, memory per member and per device, "
+        "chunks, --shard values for --gpus, and the wall time from --step-ms, a short timed "
+        "run here (--time-steps) or an assumed throughput (--tflops).",
+    )
+    add_config_flags(p, SWEEP_SECTIONS, exclude=("--shard",))
+    p.add_argument("--experiment", help="plan this experiment's sweeps (e.g. fig1) instead")
+    p.add_argument("--variant", default="paper", help="the experiment's variant (default paper)")
+    p.add_argument("--gpus", type=int, default=8, help="devices to shard over (default 8)")
+    p.add_argument("--step-ms", type=float, help="ms per member-step (e.g. from benchmarks)")
+    p.add_argument("--time-steps", type=int, default=0, help="time this many steps here")
+    p.add_argument("--tflops", type=float, help="assumed TFLOP/s applied to XLA's FLOP count")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args) -> int:
+    from three_regimes_jax.studies.plan import plan_sweep
+
+    if args.gpus < 1 or args.time_steps < 0 or (args.step_ms or 1) <= 0 or (args.tflops or 1) <= 0:
+        raise UserError("--gpus, --step-ms and --tflops must be positive, --time-steps >= 0")
+    configs = [config_from_args(args)]
+    if args.experiment:
+        from experiments.runner import sweep_configs
+
+        configs = sweep_configs(args.experiment, args.variant)
+    for i, config in enumerate(configs):
+        plan = plan_sweep(
+            config, gpus=args.gpus, step_ms=args.step_ms, time_steps=args.time_steps,
+            tflops=args.tflops,
+        )  # fmt: skip
+        print(("\n" if i else "") + plan.text())
+    return 0
+
+
 def _add_regimes(sub) -> None:
     p = sub.add_parser(
         "regimes",
@@ -227,8 +266,11 @@ def _add_regimes(sub) -> None:
         description="Classify every member of a results directory; print a table and write "
         "DIR/regimes.json.",
     )
-    p.add_argument("dir", help="results directory of a sweep or fine-tune")
+    p.add_argument(
+        "dir", nargs="+", help="results directory of a sweep or fine-tune (or a run's shards)"
+    )
     p.add_argument("--random-walk", help="results of the same grid run with --random-walk")
+    p.add_argument("--out", help="where regimes.json goes (default: DIR; required for shards)")
     p.add_argument("--quiet", action="store_true", help="write regimes.json only")
     p.set_defaults(func=_cmd_regimes)
 
@@ -236,7 +278,7 @@ def _add_regimes(sub) -> None:
 def _cmd_regimes(args) -> int:
     from three_regimes_jax.analysis.report import run_regimes_command
 
-    _, table = run_regimes_command(args.dir, random_walk=args.random_walk)
+    _, table = run_regimes_command(args.dir, random_walk=args.random_walk, out=args.out)
     if not args.quiet:
         print(table)
     return 0
@@ -366,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_interpolate(sub)
     _add_toy(sub)
     _add_merge(sub)
+    _add_plan(sub)
     _add_regimes(sub)
     _add_find_transitions(sub)
     _add_plot(sub)

@@ -9,7 +9,7 @@ and the plain-text table.  numpy only, no JAX.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,9 @@ from three_regimes_jax.analysis.regimes import Criteria, classify
 from three_regimes_jax.analysis.stats import as_2d
 from three_regimes_jax.config import Config, flat_names
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.storage.outdir import check_not_busy
+from three_regimes_jax.storage.outdir import check_not_busy, check_out_path
 from three_regimes_jax.storage.results import load_results, write_json
+from three_regimes_jax.storage.shards import load_runs
 
 REGIMES_FILE = "regimes.json"
 
@@ -180,16 +181,19 @@ def check_random_walk_pair(
 
 
 def run_regimes_command(
-    path: str | os.PathLike,
+    path: str | os.PathLike | Sequence[str | os.PathLike],
     criteria: Criteria | None = None,
     random_walk: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
 ) -> tuple[dict[str, Any], str]:
     """``three-regimes regimes DIR``: classify, write ``DIR/regimes.json``, make the table.
 
     Args:
-      path: results directory.
+      path: results directory, or the shard directories of one run
+        (``sweep --shard K/N``), joined in memory.
       criteria: thresholds (default :class:`Criteria()`).
       random_walk: optional random-walk baseline results directory.
+      out: where ``regimes.json`` goes (default: ``path``); required for shards.
 
     Returns:
       ``(report, table_text)``.
@@ -197,18 +201,29 @@ def run_regimes_command(
     Raises:
       UserError: ``path`` is not a complete, readable, writable results
         directory, or is being written; ``random_walk`` is not its
-        random-walk twin.
+        random-walk twin; shards that are not one complete run.
     """
-    check_not_busy(path)
-    res = load_results(path)
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path)
+    for p in paths:
+        check_not_busy(p)
+    runs = load_runs(paths)
+    if len(runs) != 1:
+        raise UserError(
+            f"regimes classifies one run: give one results directory or the shards of one "
+            f"run, not {len(runs)} runs"
+        )
+    (dirs, res), path = runs[0], Path(paths[0])
+    if out is None and len(dirs) > 1:
+        raise UserError("regimes of shard directories writes regimes.json to --out DIR: add it")
     wds = sorted({float(w) for w in res.metrics.get("weight_decay", [])})
     if len(wds) > 1:
         raise UserError(
             f"{path} sweeps several weight decays ({', '.join(f'{w:g}' for w in wds)}); "
             "regimes compares the LRs of one weight decay: run one sweep per weight decay"
         )
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write {Path(path) / REGIMES_FILE}: {path} is not writable")
+    dest = path if out is None else check_out_path(out)
+    if dest.exists() and not os.access(dest, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {dest / REGIMES_FILE}: {dest} is not writable")
     rw = None
     if random_walk is not None:
         rw_res = load_results(random_walk)
@@ -219,7 +234,8 @@ def run_regimes_command(
     report = classify(
         res.metrics, num_classes=num_classes_of(res.config), criteria=criteria, random_walk=rw
     )
-    write_regimes(path, report)
+    dest.mkdir(parents=True, exist_ok=True)
+    write_regimes(dest, report)
     return report, format_regimes(report, res.metrics)
 
 

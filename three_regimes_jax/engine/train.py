@@ -14,9 +14,9 @@ of the Flax examples:
   ``get_info.py --train_mode``), test loss/accuracy with eval-mode BN.
 - :func:`make_recompute_bn`, :func:`make_sharpness`, :func:`make_adjacent_cos`.
 
-Members run with ``jax.vmap`` or one after another with ``lax.map``
-(:func:`over_members`; the strategy is resolved by
-:func:`~three_regimes_jax.engine.grid.choose_strategy`).
+Members run with ``jax.vmap`` or one after another with ``lax.map``, split
+over the devices (:func:`~three_regimes_jax.engine.grid.over_members`; the
+strategy is resolved by :func:`~three_regimes_jax.engine.grid.choose_strategy`).
 :class:`~three_regimes_jax.engine.trainer.GridTrainer` only holds the jitted functions of
 one model.
 """
@@ -34,7 +34,7 @@ from flax import linen as nn
 from three_regimes_jax.engine.augment import augment_key, random_crop_flip
 from three_regimes_jax.engine.batching import scan_batches
 from three_regimes_jax.engine.diagnostics import adjacent_cos
-from three_regimes_jax.engine.grid import GridState, stack
+from three_regimes_jax.engine.grid import GridState, over_members, stack
 from three_regimes_jax.engine.metrics import sharpness
 from three_regimes_jax.engine.models import FROZEN, init_model
 from three_regimes_jax.engine.optim import SweptOptimizer
@@ -54,34 +54,6 @@ DROPOUT_SALT = 0x44524F
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example cross-entropy with integer labels."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-
-
-# On XLA:CPU a vmapped MLP-SI step costs 1.33-1.40 ms per member up to G = 8 and
-# 1.51 / 1.71 / 1.81 ms at G = 16 / 32 / 64 (benchmarks/RESULTS.md, "vs_torch"):
-# larger grids run as a sequential map over vmapped chunks of this many members.
-CPU_VMAP_CHUNK = 8
-
-
-def over_members(fn: Callable, strategy: str) -> Callable:
-    """Lifts ``fn(member_state, *shared)`` to a grid: ``vmap`` or ``lax.map`` over axis 0.
-
-    A one-member ``vmap`` only adds batching overhead (~1.3x per MLP step,
-    benchmarks/RESULTS.md), so one member always runs as a one-iteration map.
-    On CPU a ``vmap`` over more than :data:`CPU_VMAP_CHUNK` members runs as
-    ``lax.map(..., batch_size=CPU_VMAP_CHUNK)``: vmapped chunks, one after
-    another (the same numbers as one ``vmap``, to float rounding).
-    """
-
-    def grid_fn(state, *shared):
-        g = jax.tree.leaves(state)[0].shape[0]
-        if strategy == "vmap" and g > 1:
-            if g > CPU_VMAP_CHUNK and jax.default_backend() == "cpu":
-                member_fn = lambda ms: fn(ms, *shared)  # noqa: E731
-                return jax.lax.map(member_fn, state, batch_size=CPU_VMAP_CHUNK)
-            return jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(state, *shared)
-        return jax.lax.map(lambda ms: fn(ms, *shared), state)
-
-    return grid_fn
 
 
 def _apply(model: nn.Module, ms: GridState, params: Any, x: jax.Array, *, train: bool):

@@ -31,116 +31,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from three_regimes_jax.config import Config
-from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.checkpoint import GridCheckpointer, complete_epochs, load_checkpoint
 from three_regimes_jax.storage.checkpoint_read import read_meta
 from three_regimes_jax.storage.outdir import claim
-from three_regimes_jax.storage.results import Results, config_diff, load_results, write_results
-
-#: ``metrics.npz`` arrays that are the same for every member (kept once, checked equal).
-SHARED = {
-    "epoch",
-    "sharpness_epoch",
-    "group_names",
-    "group_individually_si",
-    "filter_group",
-    "filter_log_step",
-}
-#: Arrays indexed by the logged members of ``--filter-log-elrs`` (not by G).
-LOGGED = "filter_log_"
-
-
-def _shards(
-    dirs: Sequence[str | os.PathLike],
-) -> list[tuple[tuple[int, int], Config, Results, str]]:
-    """Each directory's ``(K, N)``, config and results, sorted by K; refuses mismatches."""
-    if not dirs:
-        raise UserError("merge needs the shard directories (one per shard of --shard K/N)")
-    found = []
-    for d in dirs:
-        res = load_results(d)
-        config = Config.from_dict(res.config)
-        if config.shard is None:
-            raise UserError(f"{d} is not a shard: its run has no --shard K/N")
-        found.append((config.shard, config, res, str(d)))
-    first = found[0]
-    n = first[0][1]
-    whole = first[1].replace(shard="").to_dict()
-    for (k, n_k), config, _, d in found[1:]:
-        if n_k != n:
-            raise UserError(f"{d} is shard {k}/{n_k}, but {first[3]} is of {n} shards")
-        diff = config_diff(config.replace(shard="").to_dict(), whole)
-        if diff:
-            raise UserError(
-                f"{d} and {first[3]} are shards of different runs: they differ in "
-                f"{', '.join('--' + k.replace('_', '-') for k in diff)}"
-            )
-    seen: dict[int, str] = {}
-    for (k, _), _, _, d in found:
-        if k in seen:
-            raise UserError(f"shard {k}/{n} is given twice: {seen[k]} and {d}")
-        seen[k] = d
-    missing = [k for k in range(n) if k not in seen]
-    if missing:
-        names = ", ".join(f"{k}/{n}" for k in missing)
-        raise UserError(f"shard(s) {names} missing: give all {n} shard directories")
-    found.sort(key=lambda f: f[0][0])
-    return found
-
-
-def _merge_metrics(parts: list[dict[str, np.ndarray]], offsets: list[int]) -> dict:
-    """Per-member arrays concatenated, shared arrays checked equal; logged members re-indexed."""
-    names = list(parts[0])
-    for i, p in enumerate(parts[1:], 1):
-        if set(p) != set(names):
-            diff = sorted(set(p) ^ set(names))
-            raise UserError(f"shard {i} has other metrics than shard 0 ({', '.join(diff)})")
-    out = {}
-    for name in names:
-        arrays = [p[name] for p in parts]
-        if name in SHARED:
-            if any(not np.array_equal(a, arrays[0]) for a in arrays[1:]):
-                raise UserError(f"the shards disagree on {name!r}: not shards of one run")
-            out[name] = arrays[0]
-        elif name == "filter_log_member":
-            out[name] = np.concatenate([a + off for a, off in zip(arrays, offsets, strict=True)])
-        else:
-            out[name] = np.concatenate(arrays, axis=0)
-    return out
-
-
-def merged_results(dirs: Sequence[str | os.PathLike]) -> Results:
-    """The unsharded run's results from its N shard directories, in memory (no checkpoints)."""
-    return _merge(_shards(dirs))
-
-
-def _merge(shards: list[tuple[tuple[int, int], Config, Results, str]]) -> Results:
-    config = shards[0][1].replace(shard="")
-    sizes = [len(res.metrics["elr"]) for _, _, res, _ in shards]
-    offsets = list(np.cumsum([0, *sizes[:-1]]))
-    for ((k, n), c, _, _), size in zip(shards, sizes, strict=True):
-        start, stop = c.shard_range
-        if size != stop - start:
-            raise UserError(f"shard {k}/{n} holds {size} members, expected {stop - start}")
-    metrics = _merge_metrics([res.metrics for _, _, res, _ in shards], offsets)
-    summaries = [res.summary for _, _, res, _ in shards]
-    summary = {
-        **summaries[0],
-        "members": [m for s in summaries for m in s["members"]],
-        "wall_time_s": round(sum(float(s["wall_time_s"]) for s in summaries), 3),
-        "shards": [
-            {
-                "shard": c.run.shard,
-                "directory": d,
-                "wall_time_s": s["wall_time_s"],
-                **({"memory": s["memory"]} if "memory" in s else {}),
-            }
-            for (_, c, _, d), s in zip(shards, summaries, strict=True)
-        ],
-    }
-    summary.pop("memory", None)
-    return Results(config=config.to_dict(), metrics=metrics, summary=summary)
+from three_regimes_jax.storage.results import Results, config_diff, write_results
+from three_regimes_jax.storage.shards import merge_loaded, merged_results, shards_of
 
 
 def _merge_checkpoints(dirs: list[Path], out: Path, config: dict[str, Any]) -> list[int]:
@@ -205,8 +100,8 @@ def merge_shards(
       UserError: the directories are not the N shards of one run (another
         config, a shard missing or given twice, unreadable or damaged results).
     """
-    shards = _shards(dirs)
-    res = _merge(shards)
+    shards = shards_of(dirs)
+    res = merge_loaded(shards)
     reads = [d for *_, d in shards]
     with claim(
         out,
@@ -223,4 +118,4 @@ def merge_shards(
     return res
 
 
-__all__ = ["merge_shards", "merged_results"]
+__all__ = ["merge_shards", "merged_results"]  # merged_results: re-exported

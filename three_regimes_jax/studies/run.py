@@ -300,8 +300,9 @@ def run_grid(
     trainer.chunk_size = plan.chunk_size if plan.chunks > 1 else None
     if plan.chunks > 1:
         print(f"three-regimes: {plan.line()}", file=sys.stderr)
-    if trainer.strategy == "vmap":
-        state = shard_grid(state)  # a no-op on one device
+    # Members start spread over the devices (a no-op on one device, or when G does not
+    # divide; every compiled grid function splits the grid over the devices anyway).
+    state = shard_grid(state)
     ckpt = None
     if schedule:
         ckpt = GridCheckpointer(
