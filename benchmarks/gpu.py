@@ -6,7 +6,8 @@ passes on TPU; ``highest``: full FP32) this times one compiled
 ``GridTrainer.train_epoch`` on synthetic data (batch 128, ``drop_last``), as
 ``bench_grid.py`` does on CPU, and reports ms per member-step, achieved TFLOP/s
 (XLA's cost analysis of one step), XLA's planned bytes per member
-(``compiled.memory_analysis()``) against the planner's estimate
+(``compiled.memory_analysis()``, less the epoch's data, which all members share)
+against the planner's estimate
 (``engine.memory.member_bytes``) and, on GPU, the process's peak device memory.
 
 It then times the issue's target: one 8-ELR ConvNetSI-32 epoch over 50,000 32x32x3
@@ -58,6 +59,7 @@ class Model:
     input_shape: tuple[int, ...]
     grid_sizes: tuple[int, ...]
     steps: int
+    hidden: tuple[int, ...] | None = None  # MLP-SI hidden widths (None: 300-100)
 
 
 FULL = (
@@ -67,7 +69,7 @@ FULL = (
     Model("ResNet18SI-32", "resnet18_si", 32, (32, 32, 3), (1, 4, 16), 4),
 )
 SMOKE = (
-    Model("MLP-SI", "mlp_si", None, (28, 28, 1), (2,), 2),
+    Model("MLP-SI", "mlp_si", None, (28, 28, 1), (2,), 2, hidden=(32, 16)),
     Model("ConvNetSI-2", "convnet_si", 2, (32, 32, 3), (2,), 1),
 )
 
@@ -85,6 +87,8 @@ def build(model: Model, g: int, strategy: str, precision: str):
     )
     if model.width is not None:
         flat["width"] = model.width
+    if model.hidden is not None:
+        flat["hidden"] = model.hidden
     cfg = Config.from_flat(**flat)
     trainer = make_trainer(cfg, 10, model.input_shape)
     return trainer, trainer.init(cfg.member_elrs, cfg.member_seeds, model.input_shape)
@@ -162,7 +166,7 @@ def grid_row(model: Model, g: int, strategy: str, precision: str, repeats: int) 
         f"{1e3 * best / (g * model.steps):.3g}",
         f"{flops / (per * 1e-3) / 1e12:.3g}",
         f"{estimate / 2**20:.1f}",
-        f"{xla_bytes(compiled) / g / 2**20:.1f}",
+        f"{(xla_bytes(compiled) - x.nbytes - y.nbytes) / g / 2**20:.1f}",
         peak_device_mb(),
     ]
 

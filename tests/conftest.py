@@ -32,6 +32,10 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", _JAX_CACHE)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # The tests' subprocesses (CLI runs, kills and resumes) share it.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
 
 
 def pytest_unconfigure(config):
@@ -70,12 +74,11 @@ def tiny(digits):
 @pytest.fixture(scope="session")
 def tiny_mlp():
     """A small MLP-SI (8x8 inputs, hidden 32-16) and its SI mask."""
-    import jax
 
-    from three_regimes_jax.engine.models import build_model, init_model
+    from three_regimes_jax.engine.models import build_model, si_mask_of
 
     model = build_model("mlp_si", 10, hidden=(32, 16))
-    return model, init_model(model, jax.random.key(0), (8, 8, 1)).si_mask
+    return model, si_mask_of(model, (8, 8, 1))
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ def test_epoch_zero_is_the_untrained_model(run, plain):
 
 
 def test_per_filter_groups_satisfy_eq3(run):
-    from three_regimes_jax.engine.sphere import filter_stats, group_stats, n_filters
+    from three_regimes_jax.engine.stats import filter_stats, group_stats, n_filters
 
     _, res = run
     m = res.metrics

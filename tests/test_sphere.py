@@ -14,7 +14,6 @@ from flax import linen as nn
 from three_regimes_jax.engine.diagnostics import adjacent_cos
 from three_regimes_jax.engine.sphere import (
     elr_to_lr,
-    group_stats,
     leaf_sums,
     project_to_sphere,
     scale_invariant,
@@ -24,6 +23,7 @@ from three_regimes_jax.engine.sphere import (
     sphere_step,
     split_si,
 )
+from three_regimes_jax.engine.stats import group_stats
 
 MASK = {"a": True, "b": {"w": True, "v": True}, "frozen_like": False}
 

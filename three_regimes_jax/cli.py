@@ -266,9 +266,8 @@ def _add_regimes(sub) -> None:
         description="Classify every member of a results directory; print a table and write "
         "DIR/regimes.json.",
     )
-    p.add_argument(
-        "dir", nargs="+", help="results directory of a sweep or fine-tune (or a run's shards)"
-    )
+    p.add_argument("dir", help="results directory of a sweep or fine-tune")
+    p.add_argument("more", nargs="*", help="with DIR: the shard directories of one run")
     p.add_argument("--random-walk", help="results of the same grid run with --random-walk")
     p.add_argument("--out", help="where regimes.json goes (default: DIR; required for shards)")
     p.add_argument("--quiet", action="store_true", help="write regimes.json only")
@@ -278,7 +277,8 @@ def _add_regimes(sub) -> None:
 def _cmd_regimes(args) -> int:
     from three_regimes_jax.analysis.report import run_regimes_command
 
-    _, table = run_regimes_command(args.dir, random_walk=args.random_walk, out=args.out)
+    dirs = [args.dir, *args.more] if args.more else args.dir
+    _, table = run_regimes_command(dirs, random_walk=args.random_walk, out=args.out)
     if not args.quiet:
         print(table)
     return 0

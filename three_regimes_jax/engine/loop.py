@@ -18,7 +18,7 @@ from three_regimes_jax.engine.data import Dataset
 from three_regimes_jax.engine.diagnostics import ess_spread
 from three_regimes_jax.engine.grid import GridState, finite_members
 from three_regimes_jax.engine.metrics import SHARPNESS_KEYS
-from three_regimes_jax.engine.sphere import n_filters
+from three_regimes_jax.engine.stats import n_filters
 from three_regimes_jax.engine.trainer import GridTrainer
 
 

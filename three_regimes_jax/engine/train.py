@@ -23,6 +23,7 @@ one model.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,12 +39,8 @@ from three_regimes_jax.engine.grid import GridState, over_members, stack
 from three_regimes_jax.engine.metrics import sharpness
 from three_regimes_jax.engine.models import FROZEN, init_model
 from three_regimes_jax.engine.optim import SweptOptimizer
-from three_regimes_jax.engine.sphere import (
-    filter_stats,
-    group_stats,
-    leaf_sums,
-    si_norm,
-)
+from three_regimes_jax.engine.sphere import leaf_sums, si_norm
+from three_regimes_jax.engine.stats import filter_stats, group_stats
 
 # Folded into a member's data key to draw the random-walk directions.
 RANDOM_WALK_SALT = 0x52574B
@@ -85,7 +82,7 @@ def make_train_step(
     effective gradient norm along the trajectory), ``step_cos`` (cosine
     between the SI weights before and after), ``group_elr``,
     ``group_eff_grad_norm``, ``group_ess`` and, with ``filter_groups``, the
-    same three per filter (``filter_*``, see ``sphere.filter_stats``).
+    same three per filter (``filter_*``, see ``stats.filter_stats``).
     """
     dropout = getattr(model, "dropout", 0.0) > 0
 
@@ -319,6 +316,16 @@ def make_adjacent_cos(si_mask: Any) -> Callable:
     return jax.vmap(lambda a, b: adjacent_cos(a, b, si_mask))
 
 
+@functools.lru_cache(maxsize=64)
+def _compiled_init(model: nn.Module, input_shape: tuple[int, ...]) -> Callable:
+    """One jitted init per model and input shape, kept for later grids of the same model.
+
+    Eagerly, every random op of every shape would compile on its own; and a new
+    jitted lambda per grid would compile the init again (~2 s for a small MLP).
+    """
+    return jax.jit(lambda key: init_model(model, key, input_shape)._replace(si_mask=None))
+
+
 def init_grid(
     model: nn.Module,
     opt: SweptOptimizer,
@@ -342,8 +349,7 @@ def init_grid(
     """
     if len(elrs) != len(seeds) or not elrs:
         raise ValueError("the grid is empty or elrs and seeds differ in length")
-    # One compiled init (eagerly, every random op of every shape compiles on its own).
-    init = jax.jit(lambda key: init_model(model, key, input_shape)._replace(si_mask=None))
+    init = _compiled_init(model, tuple(input_shape))
 
     def variables(seed: int):
         init_key, data_key = jax.random.split(jax.random.key(seed))

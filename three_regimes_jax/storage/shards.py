@@ -140,8 +140,9 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[list[Path], Resu
     loaded = [(Path(p), load_results(p)) for p in paths]
     groups: dict[str, list[int]] = {}
     for i, (_, res) in enumerate(loaded):
-        config = Config.from_dict(res.config)
-        if config.shard is not None:
+        run = res.config.get("run")
+        if isinstance(run, dict) and run.get("shard"):  # only shards need their config read
+            config = Config.from_dict(res.config)
             key = json.dumps(config.replace(shard="").to_dict(), sort_keys=True)
             groups.setdefault(key, []).append(i)
     first_of = {idx[0]: idx for idx in groups.values()}

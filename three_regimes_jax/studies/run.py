@@ -48,7 +48,7 @@ from three_regimes_jax.engine.memory import (
 )
 from three_regimes_jax.engine.metrics import SHARPNESS_KEYS
 from three_regimes_jax.engine.models import input_size_of
-from three_regimes_jax.engine.sphere import filter_groups_of, n_si_params
+from three_regimes_jax.engine.stats import filter_groups_of, n_si_params
 from three_regimes_jax.engine.trainer import GridTrainer
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.checkpoint import (

@@ -32,7 +32,8 @@ import numpy as np
 import optax
 
 from three_regimes_jax.analysis.regimes import Criteria, classify
-from three_regimes_jax.engine.sphere import elr_to_lr, group_stats, sphere_sgd
+from three_regimes_jax.engine.sphere import elr_to_lr, sphere_sgd
+from three_regimes_jax.engine.stats import group_stats
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.options import F32_MAX, F32_TINY, check_elrs
 from three_regimes_jax.studies.toy_theory import (
