@@ -4,6 +4,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 ARGS    ?=
+# pytest workers of `make test` (CI has 2 cores); each test file runs in one worker, so a
+# file's session fixtures and compiled functions stay shared.
+JOBS    ?= 2
 
 .PHONY: demo test test-all lint format bench clean
 
@@ -29,7 +32,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -m "not slow" -q $(ARGS)
+	$(BIN)/python -m pytest -m "not slow" -q -n $(JOBS) --dist loadfile $(ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
