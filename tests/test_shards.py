@@ -159,3 +159,16 @@ def test_regimes_and_plot_take_the_shard_directories_of_one_run(runs, tmp_path):
 
     files = run_plot(shards, kind="overview", out=tmp_path / "fig")
     assert any(f.suffix == ".png" for f in files)
+
+
+def test_finetune_reads_a_merged_run_and_refuses_a_shard(runs, tmp_path, capsys):
+    root, _ = runs
+    merged = tmp_path / "merged"
+    merge_shards([root / "s0", root / "s1"], merged)
+    flags = ["--epoch", "2", "--elrs", "1e-2", "--epochs", "1", "--quiet"]
+    assert main(["finetune", "--from", str(merged), *flags, "--out", str(tmp_path / "ft")]) == 0
+    ft = load_results(tmp_path / "ft")
+    assert len(ft.metrics["elr"]) == 4 and ft.metrics["epoch"].tolist() == [2, 3]
+    capsys.readouterr()
+    assert main(["finetune", "--from", str(root / "s0"), *flags, "--out", str(tmp_path / "x")]) == 2
+    assert "merge" in capsys.readouterr().err and not (tmp_path / "x").exists()
