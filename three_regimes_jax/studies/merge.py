@@ -32,7 +32,7 @@ import jax
 import numpy as np
 
 from three_regimes_jax.storage.checkpoint import GridCheckpointer, complete_epochs, load_checkpoint
-from three_regimes_jax.storage.checkpoint_read import read_meta
+from three_regimes_jax.storage.checkpoint_read import META_KEYS, read_meta
 from three_regimes_jax.storage.outdir import claim
 from three_regimes_jax.storage.results import Results, config_diff, write_results
 from three_regimes_jax.storage.shards import merge_loaded, merged_results, shards_of
@@ -67,19 +67,7 @@ def _merge_checkpoints(dirs: list[Path], out: Path, config: dict[str, Any]) -> l
 
 
 # Meta keys the checkpointer writes itself (the rest is the run's extra meta).
-_META_OWN = {
-    "format_version",
-    "config",
-    "epoch",
-    "members",
-    "elr",
-    "seed",
-    "step",
-    "num_classes",
-    "input_shape",
-    "lr",
-    "weight_decay",
-}
+_META_OWN = {*META_KEYS, "lr", "weight_decay"}
 
 
 def merge_shards(
