@@ -48,6 +48,11 @@ def _add_sweep(sub) -> None:
     )
     add_config_flags(p, SWEEP_SECTIONS, required=("--epochs",))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    d = p.add_argument_group("many processes (JAX's multi-controller runtime)")
+    d.add_argument("--distributed", action="store_true", help="one grid over all processes")
+    d.add_argument("--coordinator", help="host:port of process 0 (not on SLURM/MPI/TPU)")
+    d.add_argument("--num-processes", type=int, help="number of processes")
+    d.add_argument("--process-id", type=int, help="this process's id, from 0")
     _add_output(p)
     p.set_defaults(func=_cmd_sweep)
 
@@ -63,12 +68,20 @@ def _cmd_sweep(args) -> int:
 
     if getattr(args, "train_mode", "sphere") == "sphere" and not hasattr(args, "elrs"):
         raise UserError("sweep needs --elrs on the sphere (or --train whole with --lrs)")
+    config = config_from_args(args)
+    if args.distributed:
+        from three_regimes_jax.studies.distributed import sweep_distributed
+
+        d = (args.coordinator, args.num_processes, args.process_id)
+        res, rank = sweep_distributed(config, args.out, d, overwrite=args.overwrite,
+                                      resume=args.resume, progress=not args.quiet)  # fmt: skip
+        if rank == 0:
+            _report(res, args)
+        return 0
+    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+        raise UserError("--coordinator, --num-processes and --process-id need --distributed")
     res = run_sweep(
-        config_from_args(args),
-        out=args.out,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.quiet,
+        config, out=args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet
     )
     _report(res, args)
     return 0

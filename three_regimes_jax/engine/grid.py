@@ -189,6 +189,12 @@ def split_over_devices(grid_fn: Callable, devices: Sequence[jax.Device] | None =
             out_specs=spec,
             check_vma=False,
         )(padded, *shared)
-        return jax.tree.map(lambda x: x[:g], out)
+        out = jax.tree.map(lambda x: x[:g], out)
+        if jax.process_count() > 1:
+            # Several processes (``--distributed``): every process gets the whole grid's
+            # outputs, so each can read them (and process 0 write them).
+            replicated = jax.sharding.NamedSharding(mesh, rep)
+            out = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, replicated), out)
+        return out
 
     return split

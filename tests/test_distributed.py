@@ -1,0 +1,81 @@
+"""sweep --distributed: two processes on 127.0.0.1 (gloo) train one grid; process 0 writes it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from three_regimes_jax import load_results
+from three_regimes_jax.cli import main
+
+SWEEP = ["sweep", "--dataset", "digits", "--elrs", "1e-3,1e-2,1e-1", "--epochs", "2",
+         "--batch-size", "64", "--hidden", "32,16", "--use-data-size", "200",
+         "--use-test-size", "100", "--strategy", "map", "--quiet"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_flags_are_checked_before_anything_starts(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SWEEP, "--out", str(out), "--coordinator", "127.0.0.1:1"]) == 2
+    assert "need --distributed" in capsys.readouterr().err
+    flags = [*SWEEP, "--out", str(out), "--distributed"]
+    assert main([*flags, "--coordinator", "127.0.0.1:1", "--process-id", "0"]) == 2
+    assert "missing --num-processes" in capsys.readouterr().err
+    assert main([*flags, "--checkpoint-every", "1"]) == 2
+    assert "does not checkpoint" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_one_process_grid(tmp_path):
+    """Metrics equal the one-process run bit for bit (``map``); only process 0 writes."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    outs = [tmp_path / f"p{k}" for k in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "three_regimes_jax.cli",
+                *SWEEP,
+                "--out",
+                str(outs[k]),
+                "--distributed",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(k),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for k in range(2)
+    ]
+    try:
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert not outs[1].exists()  # process 1 writes nothing
+    assert main([*SWEEP, "--out", str(tmp_path / "one")]) == 0
+    two, one = load_results(outs[0]), load_results(tmp_path / "one")
+    assert two.config == one.config
+    for k, v in one.metrics.items():
+        np.testing.assert_array_equal(two.metrics[k], v, err_msg=k)
+    assert two.summary["devices"] == 2

@@ -1,0 +1,131 @@
+"""Many processes, one grid: JAX's multi-controller runtime for ``sweep --distributed``.
+
+Every process runs the same program on its own devices: it loads the dataset,
+builds the same grid state from the seeds and calls the same compiled
+functions, which split the members over *all* processes' devices
+(:func:`~three_regimes_jax.engine.grid.split_over_devices`) and hand every
+process the whole grid's outputs.  Only process 0 writes the results
+directory; the others write nothing.  The batch order is the single-process
+one (it comes from each member's seed).
+
+:func:`initialize` starts the runtime: on SLURM, Open MPI and TPU pods JAX finds
+the cluster itself; elsewhere it takes the coordinator address, the number of
+processes and this process's id (flags, or ``THREE_REGIMES_COORDINATOR``,
+``THREE_REGIMES_NUM_PROCESSES``, ``THREE_REGIMES_PROCESS_ID``).  On CPU the
+processes talk through gloo collectives.
+
+Not yet supported with ``--distributed``: checkpoints and ``--resume`` (each
+is refused with one line); shards (``--shard K/N``) cover those.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+
+from three_regimes_jax.errors import UserError
+
+ENV = {
+    "coordinator": "THREE_REGIMES_COORDINATOR",
+    "num_processes": "THREE_REGIMES_NUM_PROCESSES",
+    "process_id": "THREE_REGIMES_PROCESS_ID",
+}
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    timeout_s: int = 120,
+) -> tuple[int, int]:
+    """Starts JAX's multi-process runtime; returns ``(process_id, process_count)``.
+
+    Args:
+      coordinator: ``host:port`` of process 0 (None: the environment or auto-detection).
+      num_processes: the number of processes.
+      process_id: this process's id, from 0.
+      timeout_s: how long to wait for the other processes.
+
+    Raises:
+      UserError: incomplete settings, or the processes could not connect.
+    """
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    for key, var in ENV.items():
+        if given[key] is None and os.environ.get(var):
+            given[key] = os.environ[var] if key == "coordinator" else int(os.environ[var])
+    named = [k for k, v in given.items() if v is not None]
+    if named and len(named) != 3:
+        missing = ", ".join("--" + k.replace("_", "-") for k, v in given.items() if v is None)
+        raise UserError(
+            f"--distributed needs --coordinator, --num-processes and --process-id "
+            f"together (or none, on SLURM/MPI/TPU); missing {missing}"
+        )
+    if named and not 0 <= given["process_id"] < given["num_processes"]:
+        raise UserError(
+            f"--process-id must be in [0, {given['num_processes']}), got {given['process_id']}"
+        )
+    if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or not _has_accelerator():
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator_address=given["coordinator"],
+            num_processes=given["num_processes"],
+            process_id=given["process_id"],
+            initialization_timeout=timeout_s,
+        )
+    except Exception as e:  # noqa: BLE001 - JAX raises several types for this
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"--distributed: the processes could not connect ({first[:200]})") from None
+    return jax.process_index(), jax.process_count()
+
+
+def sweep_distributed(
+    config: Any,
+    out: str,
+    settings: tuple[str | None, int | None, int | None],
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[Any, int]:
+    """``sweep --distributed``: one grid over every process's devices; process 0 writes ``out``.
+
+    Args:
+      config: the sweep.
+      out: the results directory (written by process 0 only).
+      settings: ``(coordinator, num_processes, process_id)`` (Nones: environment or
+        auto-detection, see :func:`initialize`).
+      overwrite: as ``run_sweep``.
+      resume: refused (not supported yet).
+      progress: the progress bar (process 0 only).
+
+    Returns:
+      ``(results, process_id)``.
+    """
+    from three_regimes_jax.studies.sweep import run_sweep
+
+    if resume or config.checkpoint.enabled:
+        raise UserError(
+            "--distributed does not checkpoint or resume yet; drop the checkpoint flags, "
+            "or train independent shards (--shard K/N) that do"
+        )
+    rank, _ = initialize(*settings)
+    res = run_sweep(
+        config,
+        out=out if rank == 0 else None,
+        overwrite=overwrite,
+        progress=progress and rank == 0,
+    )
+    return res, rank
+
+
+def _has_accelerator() -> bool:
+    """Whether a GPU or TPU plugin is installed (without starting a backend)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "libtpu"))
+
+
+__all__ = ["ENV", "initialize", "sweep_distributed"]
