@@ -43,6 +43,9 @@ def parse_elrs(text: str, flag: str = "--elrs") -> list[float]:
 
 # Flags of the run commands that are not config fields.
 COMMAND_FLAGS = ("--out", "--overwrite", "--quiet", "--resume", "--from-init")
+# How the processes of ``sweep --distributed`` find each other: where a run executes, not what
+# it computes, so not part of its config.
+COMMAND_FLAGS += ("--distributed", "--coordinator", "--num-processes", "--process-id")
 
 
 def add_config_flags(p, sections: Sequence[str], *, include=None, exclude=(), required=()) -> None:
