@@ -13,7 +13,7 @@ import pytest
 from three_regimes_jax import load_results
 from three_regimes_jax.cli import main
 
-SWEEP = ["sweep", "--dataset", "digits", "--elrs", "1e-3,1e-2,1e-1", "--epochs", "2",
+SWEEP = ["sweep", "--dataset", "digits", "--elrs", "1e-3,1e-2,1e-1,1", "--epochs", "2",
          "--batch-size", "64", "--hidden", "32,16", "--use-data-size", "200",
          "--use-test-size", "100", "--strategy", "map", "--quiet"]  # fmt: skip
 
@@ -79,3 +79,51 @@ def test_two_processes_train_the_one_process_grid(tmp_path):
     for k, v in one.metrics.items():
         np.testing.assert_array_equal(two.metrics[k], v, err_msg=k)
     assert two.summary["devices"] == 2
+
+
+@pytest.mark.slow
+def test_a_killed_process_ends_the_run_with_one_line_not_a_hang(tmp_path):
+    """Process 1 is killed mid-run: process 0 exits 2 with one line, writing nothing."""
+    import time
+
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    out = tmp_path / "run"
+    long = [a if a != "2" else "500" for a in SWEEP]  # --epochs 500: still training when killed
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "three_regimes_jax.cli",
+                *long,
+                "--out",
+                str(out),
+                "--distributed",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(k),
+            ],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for k in range(2)
+    ]
+    try:
+        time.sleep(15)  # both started and training
+        assert procs[0].poll() is None, procs[0].stderr.read()
+        procs[1].kill()
+        t0 = time.perf_counter()
+        rc = procs[0].wait(timeout=120)
+        err = [ln for ln in procs[0].stderr.read().splitlines() if ln.startswith("three-regimes")]
+        assert rc == 2 and len(err) == 1 and "another process" in err[0], err
+        assert time.perf_counter() - t0 < 60
+        assert not out.exists()
+    finally:
+        for p in procs:
+            p.kill()

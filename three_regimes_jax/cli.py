@@ -13,6 +13,7 @@ nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -70,11 +71,15 @@ def _cmd_sweep(args) -> int:
         raise UserError("sweep needs --elrs on the sphere (or --train whole with --lrs)")
     config = config_from_args(args)
     if args.distributed:
-        from three_regimes_jax.studies.distributed import sweep_distributed
+        from three_regimes_jax.studies.distributed import LostProcess, sweep_distributed
 
         d = (args.coordinator, args.num_processes, args.process_id)
-        res, rank = sweep_distributed(config, args.out, d, overwrite=args.overwrite,
-                                      resume=args.resume, progress=not args.quiet)  # fmt: skip
+        try:
+            res, rank = sweep_distributed(config, args.out, d, overwrite=args.overwrite,
+                                          resume=args.resume, progress=not args.quiet)  # fmt: skip
+        except LostProcess as e:  # exit before the runtime's shutdown barrier aborts
+            print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
+            os._exit(2)
         if rank == 0:
             _report(res, args)
         return 0

@@ -85,7 +85,9 @@ def shard_grid(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
     """
     devices = list(devices or jax.devices())
     g = jax.tree.leaves(tree)[0].shape[0]
-    if len(devices) < 2 or g % len(devices):
+    if len(devices) < 2 or g % len(devices) or jax.process_count() > 1:
+        # Several processes: every process keeps the whole grid (the compiled
+        # functions split it, see ``split_over_devices``) so that each can read it.
         return tree
     mesh = jax.sharding.Mesh(np.array(devices), ("grid",))
     spec = jax.sharding.PartitionSpec("grid")

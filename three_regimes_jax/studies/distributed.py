@@ -14,6 +14,12 @@ processes and this process's id (flags, or ``THREE_REGIMES_COORDINATOR``,
 ``THREE_REGIMES_NUM_PROCESSES``, ``THREE_REGIMES_PROCESS_ID``).  On CPU the
 processes talk through gloo collectives.
 
+A process that dies ends the others within seconds: their next collective
+fails, which is one line (:func:`sweep_distributed`), and nothing is written;
+the command then exits at once (code 2) rather than wait for the runtime's
+shutdown barrier.  ``THREE_REGIMES_HEARTBEAT_S`` (default 30) is how long the
+runtime waits for a silent process.
+
 Not yet supported with ``--distributed``: checkpoints and ``--resume`` (each
 is refused with one line); shards (``--shard K/N``) cover those.
 """
@@ -27,6 +33,16 @@ import jax
 
 from three_regimes_jax.errors import UserError
 
+#: Seconds without a heartbeat before the runtime gives a lost process up (JAX's default: 100).
+HEARTBEAT_S = int(os.environ.get("THREE_REGIMES_HEARTBEAT_S", "30"))
+
+
+class LostProcess(UserError):
+    """Another process of a ``--distributed`` run stopped: this one cannot go on."""
+
+
+#: What a collective's error says when another process is gone.
+LOST_PEER = ("Gloo", "Connection closed by peer", "heartbeat", "coordination service", "NCCL")
 ENV = {
     "coordinator": "THREE_REGIMES_COORDINATOR",
     "num_processes": "THREE_REGIMES_NUM_PROCESSES",
@@ -74,6 +90,7 @@ def initialize(
             num_processes=given["num_processes"],
             process_id=given["process_id"],
             initialization_timeout=timeout_s,
+            heartbeat_timeout_seconds=HEARTBEAT_S,
         )
     except Exception as e:  # noqa: BLE001 - JAX raises several types for this
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -112,12 +129,21 @@ def sweep_distributed(
             "or train independent shards (--shard K/N) that do"
         )
     rank, _ = initialize(*settings)
-    res = run_sweep(
-        config,
-        out=out if rank == 0 else None,
-        overwrite=overwrite,
-        progress=progress and rank == 0,
-    )
+    try:
+        res = run_sweep(
+            config,
+            out=out if rank == 0 else None,
+            overwrite=overwrite,
+            progress=progress and rank == 0,
+        )
+    except Exception as e:
+        text = str(e)
+        if any(k in text for k in LOST_PEER):  # a collective lost its peer
+            raise LostProcess(
+                f"process {rank}: another process of the --distributed run stopped "
+                f"({text.strip().splitlines()[0][:160]}); nothing was written"
+            ) from None
+        raise
     return res, rank
 
 
@@ -128,4 +154,4 @@ def _has_accelerator() -> bool:
     return any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "libtpu"))
 
 
-__all__ = ["ENV", "initialize", "sweep_distributed"]
+__all__ = ["ENV", "LostProcess", "initialize", "sweep_distributed"]
