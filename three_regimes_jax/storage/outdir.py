@@ -254,6 +254,15 @@ def _make_dirs(path: Path) -> Path | None:
     return top
 
 
+def _remove_empty(path: Path, top: Path | None) -> None:
+    """Removes ``path`` and its parents up to ``top`` while they are empty (``rmdir``)."""
+    probe = path.absolute()
+    with contextlib.suppress(OSError):  # a concurrent writer's files (its lock) stop it
+        while top is not None and probe.is_relative_to(top.absolute()):
+            probe.rmdir()
+            probe = probe.parent
+
+
 def busy_message(path: Path, pid: str) -> str:
     """The error of a directory another process is writing."""
     who = f"process {pid}" if pid else "another process"
@@ -390,8 +399,7 @@ def claim(
     try:
         fd = _lock(path)
     except BaseException:
-        if created is not None:
-            shutil.rmtree(created, ignore_errors=True)
+        _remove_empty(path, created)
         raise
     try:
         before = set(os.listdir(path))
