@@ -19,11 +19,10 @@ Every command that writes a directory (``sweep``, ``finetune``,
    command; a second writer fails at once with the first one's process id.
    The kernel drops the lock of a killed process, so a stale lock file is
    simply taken over.
-4. **Clean after a failure.** On any exception (a bad input found late, a
-   full disk, Ctrl-C) everything the command wrote is removed again except
-   what the caller's ``keep`` names (e.g. checkpoints ``--resume`` can use);
-   a directory the command created is removed entirely when nothing is kept.
-   Ctrl-C becomes :class:`Interrupted`, whose message says what was kept.
+4. **Clean after a failure.** On any exception (a bad input found late, a full disk, Ctrl-C)
+   everything the command wrote is removed again except what the caller's ``keep`` names (e.g.
+   checkpoints ``--resume`` can use); a directory the command created is removed entirely when
+   nothing is kept. Ctrl-C becomes :class:`Interrupted`, whose message says what was kept.
 """
 
 from __future__ import annotations
@@ -230,10 +229,8 @@ def check_owner(
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    is_tree = path.is_dir() and not path.is_symlink()
+    shutil.rmtree(path, ignore_errors=True) if is_tree else path.unlink(missing_ok=True)
 
 
 def remove_outputs(path: Path) -> None:
@@ -290,8 +287,12 @@ def _lock(path: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:  # else the previous holder removed the file before we locked it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except BaseException:  # e.g. a full disk: the lock file is ours to remove
+                _unlock(path, fd)
+                raise
             return fd
         os.close(fd)
 
