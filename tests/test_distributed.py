@@ -24,6 +24,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_two(sweep: list[str], outs: list) -> list[subprocess.Popen]:
+    """Processes 0 and 1 of one ``--distributed`` sweep on 127.0.0.1 (``outs[k]``: k's --out)."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    flags = ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    cli = [sys.executable, "-m", "three_regimes_jax.cli", *sweep, *flags]
+    return [
+        subprocess.Popen(
+            [*cli, "--out", str(outs[k]), "--process-id", str(k)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(2)
+    ]
+
+
 def test_distributed_flags_are_checked_before_anything_starts(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*SWEEP, "--out", str(out), "--coordinator", "127.0.0.1:1"]) == 2
@@ -39,33 +57,8 @@ def test_distributed_flags_are_checked_before_anything_starts(tmp_path, capsys):
 @pytest.mark.slow
 def test_two_processes_train_the_one_process_grid(tmp_path):
     """Metrics equal the one-process run bit for bit (``map``); only process 0 writes."""
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
     outs = [tmp_path / f"p{k}" for k in range(2)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "three_regimes_jax.cli",
-                *SWEEP,
-                "--out",
-                str(outs[k]),
-                "--distributed",
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(k),
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for k in range(2)
-    ]
+    procs = _spawn_two(SWEEP, outs)
     try:
         results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     finally:
@@ -86,34 +79,9 @@ def test_a_killed_process_ends_the_run_with_one_line_not_a_hang(tmp_path):
     """Process 1 is killed mid-run: process 0 exits 2 with one line, writing nothing."""
     import time
 
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
     out = tmp_path / "run"
     long = [a if a != "2" else "500" for a in SWEEP]  # --epochs 500: still training when killed
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "three_regimes_jax.cli",
-                *long,
-                "--out",
-                str(out),
-                "--distributed",
-                "--coordinator",
-                f"127.0.0.1:{port}",
-                "--num-processes",
-                "2",
-                "--process-id",
-                str(k),
-            ],
-            env=env,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for k in range(2)
-    ]
+    procs = _spawn_two(long, [out, out])
     try:
         time.sleep(15)  # both started and training
         assert procs[0].poll() is None, procs[0].stderr.read()
