@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -22,6 +23,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _run_two(sweep: list[str], out) -> None:
+    """Runs processes 0 and 1 into one ``out``; both must exit 0."""
+    procs = _spawn_two(sweep, [out, out])
+    try:
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [rc for rc, _ in results] == [0, 0], results
+
+
+def _interrupted_copy(src, dst, last: int) -> None:
+    """``dst``: ``src`` as if killed after its checkpoint before ``last`` (resumable)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for f in ("metrics.npz", "summary.json", "config.json", "MANIFEST.sha256"):
+        (dst / f).unlink()
+    shutil.rmtree(dst / "checkpoints" / str(last))
 
 
 def _spawn_two(sweep: list[str], outs: list) -> list[subprocess.Popen]:
@@ -49,8 +71,6 @@ def test_distributed_flags_are_checked_before_anything_starts(tmp_path, capsys):
     flags = [*SWEEP, "--out", str(out), "--distributed"]
     assert main([*flags, "--coordinator", "127.0.0.1:1", "--process-id", "0"]) == 2
     assert "missing --num-processes" in capsys.readouterr().err
-    assert main([*flags, "--checkpoint-every", "1"]) == 2
-    assert "does not checkpoint" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -95,3 +115,32 @@ def test_a_killed_process_ends_the_run_with_one_line_not_a_hang(tmp_path):
     finally:
         for p in procs:
             p.kill()
+
+
+@pytest.mark.slow
+def test_checkpoints_restore_and_resume_with_another_process_count(tmp_path):
+    """Process 0 saves the whole grid: it equals the one-process checkpoint, and a run
+    interrupted with 1 process resumes with 2, and one with 2 resumes with 1, each
+    writing the uninterrupted run's metrics.npz byte for byte."""
+    from three_regimes_jax.storage.checkpoint import load_checkpoint, read_meta
+    from three_regimes_jax.studies.run import state_template
+
+    sweep = [a if a != "2" else "4" for a in SWEEP] + ["--checkpoint-every", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main([*sweep, "--out", str(one)]) == 0
+    _run_two(sweep, two)
+    assert (two / "metrics.npz").read_bytes() == (one / "metrics.npz").read_bytes()
+    meta = read_meta(two, 4)
+    a, _ = load_checkpoint(two, 4, template=state_template(meta))
+    b, _ = load_checkpoint(one, 4, template=state_template(read_meta(one, 4)))
+    for x, y in zip(*(jax.tree.leaves(s) for s in (a, b)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert meta["seed"] == read_meta(one, 4)["seed"]
+
+    _interrupted_copy(one, tmp_path / "r2", 4)  # 1 process trained, 2 resume
+    _run_two([*sweep, "--resume"], tmp_path / "r2")
+    _interrupted_copy(two, tmp_path / "r1", 4)  # 2 processes trained, 1 resumes
+    assert main([*sweep, "--out", str(tmp_path / "r1"), "--resume"]) == 0
+    for r in ("r1", "r2"):
+        assert load_results(tmp_path / r).summary["resumed_from_epoch"] == 2
+        assert (tmp_path / r / "metrics.npz").read_bytes() == (one / "metrics.npz").read_bytes()

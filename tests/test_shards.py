@@ -161,14 +161,28 @@ def test_regimes_and_plot_take_the_shard_directories_of_one_run(runs, tmp_path):
     assert any(f.suffix == ".png" for f in files)
 
 
-def test_finetune_reads_a_merged_run_and_refuses_a_shard(runs, tmp_path, capsys):
+def test_finetune_and_interpolate_read_a_merged_run_or_its_shard_list(runs, tmp_path, capsys):
+    """The shard list (any order) is the merged run: same fine-tune, same interpolation."""
     root, _ = runs
     merged = tmp_path / "merged"
     merge_shards([root / "s0", root / "s1"], merged)
+    shard_list = f"{root / 's1'},{root / 's0'}"
     flags = ["--epoch", "2", "--elrs", "1e-2", "--epochs", "1", "--quiet"]
-    assert main(["finetune", "--from", str(merged), *flags, "--out", str(tmp_path / "ft")]) == 0
-    ft = load_results(tmp_path / "ft")
-    assert len(ft.metrics["elr"]) == 4 and ft.metrics["epoch"].tolist() == [2, 3]
+    for name, src in (("ft_m", str(merged)), ("ft_s", shard_list)):
+        assert main(["finetune", "--from", src, *flags, "--out", str(tmp_path / name)]) == 0
+    a, b = load_results(tmp_path / "ft_m"), load_results(tmp_path / "ft_s")
+    assert len(a.metrics["elr"]) == 4 and a.metrics["epoch"].tolist() == [2, 3]
+    for k, v in a.metrics.items():
+        np.testing.assert_array_equal(b.metrics[k], v, err_msg=k)
+    for name, src in (("i_m", str(merged)), ("i_s", shard_list)):
+        argv = ["interpolate", "--a", f"{src}:0", "--b", f"{src}:2", "--points", "3"]
+        assert main([*argv, "--out", str(tmp_path / f"{name}.npz"), "--quiet"]) == 0
+    a, b = (np.load(tmp_path / f"{n}.npz") for n in ("i_m", "i_s"))
+    np.testing.assert_array_equal(a["train_loss"], b["train_loss"])
     capsys.readouterr()
     assert main(["finetune", "--from", str(root / "s0"), *flags, "--out", str(tmp_path / "x")]) == 2
-    assert "merge" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    err = capsys.readouterr().err
+    assert "one shard" in err and "merge" in err and not (tmp_path / "x").exists()
+    assert main(["finetune", "--from", f"{root / 's0'},{root / 's0'}", *flags,
+                 "--out", str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "twice" in capsys.readouterr().err and not (tmp_path / "x").exists()

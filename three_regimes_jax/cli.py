@@ -13,7 +13,6 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -71,15 +70,11 @@ def _cmd_sweep(args) -> int:
         raise UserError("sweep needs --elrs on the sphere (or --train whole with --lrs)")
     config = config_from_args(args)
     if args.distributed:
-        from three_regimes_jax.studies.distributed import LostProcess, sweep_distributed
+        from three_regimes_jax.studies.distributed import sweep_distributed
 
-        d = (args.coordinator, args.num_processes, args.process_id)
-        try:
-            res, rank = sweep_distributed(config, args.out, d, overwrite=args.overwrite,
-                                          resume=args.resume, progress=not args.quiet)  # fmt: skip
-        except LostProcess as e:  # exit before the runtime's shutdown barrier aborts
-            print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
-            os._exit(2)
+        d = (args.coordinator, args.num_processes, args.process_id)  # a failure: os._exit
+        res, rank = sweep_distributed(config, args.out, d, overwrite=args.overwrite,
+                                      resume=args.resume, progress=not args.quiet)  # fmt: skip
         if rank == 0:
             _report(res, args)
         return 0
@@ -181,7 +176,11 @@ def _add_interpolate(sub) -> None:
         help="loss and accuracy along straight lines between checkpointed solutions",
         description="Endpoints are DIR[:EPOCH][@ELR] (default: the latest epoch, all members).",
     )
-    p.add_argument("--a", required=True, help="first endpoint(s): DIR[:EPOCH][@ELR]")
+    p.add_argument(
+        "--a",
+        required=True,
+        help="first endpoint(s): DIR[:EPOCH][@ELR] (DIR: a run, or DIR1,DIR2,... its shards)",
+    )
     p.add_argument("--b", help="second endpoint(s) (default: the same as --a)")
     p.add_argument("--pairs", default="neighbors", help="neighbors (default) or all")
     p.add_argument("--points", type=int, default=21)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import traceback
@@ -23,7 +24,30 @@ from three_regimes_jax.storage.outdir import Interrupted, os_error_message
 
 
 def guarded(command: Callable[[], int], prog: str) -> int:
-    """Runs ``command`` and turns every failure into one line and an exit code."""
+    """Runs ``command`` and turns every failure into one line and an exit code.
+
+    A process of a ``--distributed`` run that fails exits at once, without JAX's
+    shutdown barrier: the other processes then see it gone within seconds (their
+    next collective fails) instead of waiting for it.
+    """
+    code = _guarded(command, prog)
+    if code and _multi_process():
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)
+    return code
+
+
+def _multi_process() -> bool:
+    """Whether JAX's multi-process runtime runs (without importing JAX)."""
+    jax = sys.modules.get("jax")
+    try:
+        return jax is not None and jax.distributed.is_initialized()
+    except Exception:  # noqa: BLE001 - an older JAX without is_initialized
+        return False
+
+
+def _guarded(command: Callable[[], int], prog: str) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # NaN/overflow of diverged members

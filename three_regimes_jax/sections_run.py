@@ -107,14 +107,20 @@ class FinetuneConfig(Section):
     """Where a fine-tune starts: a checkpoint of a source run.
 
     Attributes:
-      source: results directory of the source run (with checkpoints).
+      source: results directory of the source run (with checkpoints), or the
+        shard directories of one sharded run, comma-separated.
       epoch: the source checkpoint to start from (0: the initialisation).
       members: source ELRs to fine-tune (empty: every source member).
       data_key: batch order, ``continue`` (the source's) or ``new``.
     """
 
     source: str = option(
-        "", "--from", "the source run's results directory", "str", nonempty=True, flat="source"
+        "",
+        "--from",
+        "the source run's results directory (or its shards' directories: DIR1,DIR2,...)",
+        "str",
+        nonempty=True,
+        flat="source",
     )
     epoch: int = option(0, "--epoch", "source checkpoint epoch (default: the latest)", "int", low=0)
     members: tuple[float, ...] = option(

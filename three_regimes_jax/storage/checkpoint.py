@@ -123,11 +123,19 @@ class GridCheckpointer:
     def _get_manager(self):
         if self._manager is None:
             ocp = _ocp()
+            many = jax.process_count() > 1
+            if many:  # Orbax creates no directory for a subset of the processes
+                self.directory.mkdir(parents=True, exist_ok=True)
             options = ocp.CheckpointManagerOptions(
                 max_to_keep=None,
-                create=True,
+                create=not many,
                 enable_async_checkpointing=False,
                 cleanup_tmp_directories=True,  # leftovers of interrupted saves
+                # Several processes (``sweep --distributed``): process 0 alone writes the
+                # whole grid, which every process holds (see :meth:`save`).
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=0, active_processes={0} if many else None
+                ),
             )
             handlers = {
                 "state": ocp.StandardCheckpointHandler(),
@@ -192,6 +200,7 @@ class GridCheckpointer:
           UserError: a checkpoint of ``epoch`` exists and ``overwrite`` is False.
         """
         epoch = nonneg_int(epoch, "the checkpoint epoch")
+        state = local_copy(state)
         full_meta = self.meta(epoch, state, extra)
         json.dumps(full_meta, allow_nan=True)  # fail before writing anything
         path = self.directory / str(epoch)
@@ -233,6 +242,28 @@ class GridCheckpointer:
         self.close()
 
 
+def local_copy(tree: Any) -> Any:
+    """``tree`` as this process's numpy copy when several processes run (else as is).
+
+    Under ``sweep --distributed`` every compiled grid function hands each process
+    the whole grid, replicated over all processes' devices; Orbax would save such
+    arrays collectively (and refuses one process's local arrays).  Process 0
+    saves its own replica instead, as numpy, as one process's checkpoint, so a
+    resume reads it with any number of processes.
+    """
+    if jax.process_count() == 1:
+        return tree
+
+    def one(x):
+        if not isinstance(x, jax.Array):
+            return x
+        if not x.is_fully_addressable and not x.is_fully_replicated:
+            raise ValueError("a grid array split over processes cannot be saved by one")
+        return np.asarray(x.addressable_data(0) if not x.is_fully_addressable else x)
+
+    return jax.tree.map(one, tree)
+
+
 def _as_os_error(e: Exception, path: Path) -> Exception:
     """An OSError for an Orbax/TensorStore write failure caused by the OS, else ``e``."""
     text = str(e)
@@ -259,5 +290,6 @@ __all__ = [
     "config_difference",
     "latest_epoch",
     "load_checkpoint",
+    "local_copy",
     "read_meta",
 ]

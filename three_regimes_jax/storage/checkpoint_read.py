@@ -136,13 +136,20 @@ def _verify(ckdir: Path, epoch: int, *, hash_files: bool = True) -> None:
 
 
 def _reader():
-    """An Orbax Checkpointer reading one step's ``state`` and ``meta`` (writes nothing)."""
+    """An Orbax Checkpointer reading one step's ``state`` and ``meta`` (writes nothing).
+
+    It is process-local: under ``sweep --distributed`` each process reads the whole
+    checkpoint on its own (process 0 saved it as one process's), with no barrier.
+    """
     drop_closed_loop_errors()
     ocp = _ocp()
     handler = ocp.CompositeCheckpointHandler(
         state=ocp.StandardCheckpointHandler(), meta=ocp.JsonCheckpointHandler()
     )
-    return ocp.Checkpointer(handler)
+    me = jax.process_index()
+    one = {me} if jax.process_count() > 1 else None
+    local = ocp.options.MultiprocessingOptions(primary_host=me, active_processes=one)
+    return ocp.Checkpointer(handler, multiprocessing_options=local)
 
 
 def _find_epoch(directory: str | Path, epoch: int | None) -> tuple[Path, int]:

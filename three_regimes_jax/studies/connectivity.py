@@ -1,8 +1,11 @@
 """Linear connectivity: loss and accuracy along ``(1 - a) * theta_A + a * theta_B``.
 
 Endpoints are checkpointed grid members, named ``DIR[:EPOCH][@ELR]``: the
-results directory of a sweep or fine-tune, the checkpoint epoch (default: the
-latest) and optionally the members' ELR (default: all members).  Pairs:
+results directory of a sweep or fine-tune (or the comma-separated shard
+directories of one sharded sweep, joined in memory:
+:class:`~three_regimes_jax.storage.sources.Source`), the checkpoint epoch
+(default: the latest) and optionally the members' ELR (default: all members).
+Pairs:
 
 - ``A`` and ``B`` the same selection (one run, one epoch): ``neighbors`` pairs
   members with adjacent ELRs (same seed), ``all`` every two members (Fig. 19 left);
@@ -41,7 +44,7 @@ from three_regimes_jax.engine.grid import GridState, member, stack
 from three_regimes_jax.engine.loop import DeviceData
 from three_regimes_jax.engine.trainer import GridTrainer
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.storage.checkpoint import latest_epoch, load_checkpoint, read_meta
+from three_regimes_jax.storage.sources import Source
 from three_regimes_jax.studies.run import load_data, make_trainer, state_template
 
 PAIRINGS = ("neighbors", "all")
@@ -87,11 +90,12 @@ def parse_endpoint(spec: str) -> tuple[str, int | None, float | None]:
 def load_endpoint(spec: str) -> Endpoint:
     """Loads the members named by ``DIR[:EPOCH][@ELR]`` from their checkpoint."""
     directory, epoch, elr = parse_endpoint(spec)
+    src = Source(directory, flag="endpoint")
     if epoch is None:
-        epoch = latest_epoch(directory)
+        epoch = src.latest()
         if epoch is None:
             raise UserError(f"no checkpoints in {directory}; run it with --checkpoint-* flags")
-    meta = read_meta(directory, epoch)
+    meta = src.meta(epoch)
     wds = sorted({float(w) for w in meta.get("weight_decay", [])})
     if len(wds) > 1:
         raise UserError(
@@ -105,7 +109,7 @@ def load_endpoint(spec: str) -> Endpoint:
         if not picks:
             have = ", ".join(f"{e:g}" for e in dict.fromkeys(elrs))
             raise UserError(f"no member with ELR {elr:g} in {directory}:{epoch}; it has: {have}")
-    state, _ = load_checkpoint(directory, epoch, template=state_template(meta))
+    state, _ = src.load(epoch, state_template)
     source_elr = [float(e) for e in meta.get("source_elr", elrs)]
     return Endpoint(
         directory=str(directory),

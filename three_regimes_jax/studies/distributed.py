@@ -20,8 +20,16 @@ the command then exits at once (code 2) rather than wait for the runtime's
 shutdown barrier.  ``THREE_REGIMES_HEARTBEAT_S`` (default 30) is how long the
 runtime waits for a silent process.
 
-Not yet supported with ``--distributed``: checkpoints and ``--resume`` (each
-is refused with one line); shards (``--shard K/N``) cover those.
+Checkpoints: every process holds the whole grid (replicated), so process 0
+saves its copy as a one-process Orbax checkpoint (``MultiprocessingOptions``
+with process 0 the only active process: no collective, nothing from the
+others), and ``--resume`` has every process read it back on its own.  The
+saved grid does not depend on the process count, so a run checkpointed with
+2 processes resumes with 1, 3 or 2 (bit for bit with ``map``); ``out`` must be
+on a filesystem every process reads.  Barriers (:func:`~three_regimes_jax.
+studies.run.sync_processes`) order the reads and writes: every process checks
+``out``, then process 0 claims it, then every process reads the resume point,
+then process 0 writes.
 """
 
 from __future__ import annotations
@@ -111,11 +119,12 @@ def sweep_distributed(
 
     Args:
       config: the sweep.
-      out: the results directory (written by process 0 only).
+      out: the results directory: process 0 writes it, every process reads a
+        resume's checkpoint from it (a filesystem all processes share).
       settings: ``(coordinator, num_processes, process_id)`` (Nones: environment or
         auto-detection, see :func:`initialize`).
       overwrite: as ``run_sweep``.
-      resume: refused (not supported yet).
+      resume: continue from the latest checkpoint in ``out``.
       progress: the progress bar (process 0 only).
 
     Returns:
@@ -123,17 +132,13 @@ def sweep_distributed(
     """
     from three_regimes_jax.studies.sweep import run_sweep
 
-    if resume or config.checkpoint.enabled:
-        raise UserError(
-            "--distributed does not checkpoint or resume yet; drop the checkpoint flags, "
-            "or train independent shards (--shard K/N) that do"
-        )
     rank, _ = initialize(*settings)
     try:
         res = run_sweep(
             config,
-            out=out if rank == 0 else None,
+            out=out,
             overwrite=overwrite,
+            resume=resume,
             progress=progress and rank == 0,
         )
     except Exception as e:

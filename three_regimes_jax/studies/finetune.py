@@ -46,13 +46,8 @@ from three_regimes_jax.config import CheckpointConfig, Config, MeasureConfig
 from three_regimes_jax.engine.grid import GridState, member, stack
 from three_regimes_jax.engine.optim import with_elr
 from three_regimes_jax.errors import UserError
-from three_regimes_jax.storage.checkpoint import (
-    available_epochs,
-    latest_epoch,
-    load_checkpoint,
-    read_meta,
-)
 from three_regimes_jax.storage.results import Results
+from three_regimes_jax.storage.sources import Source
 from three_regimes_jax.studies.output import check_out, claim_run
 from three_regimes_jax.studies.run import (
     load_data,
@@ -75,26 +70,28 @@ def finetune_config(source: str | Path, *, epoch: int | None = None, **overrides
     ``sharpness_every``, ``checkpoint_every``) are applied last.
 
     Args:
-      source: results directory of the source run (with checkpoints).
+      source: results directory of the source run (with checkpoints), or the
+        shard directories of one sharded run, comma-separated
+        (:class:`~three_regimes_jax.storage.sources.Source`).
       epoch: source checkpoint to start from (default: the latest; 0: the init).
       **overrides: flat config fields.
 
     Raises:
       UserError: no checkpoints, a missing epoch, or a bad value.
     """
-    src_dir = Path(source)
-    if not available_epochs(src_dir):
+    src = Source(source)
+    if not src.epochs():
         raise UserError(
-            f"--from {src_dir} has no checkpoints; run the sweep with --checkpoint-epochs, "
+            f"--from {src} has no checkpoints; run the sweep with --checkpoint-epochs, "
             "--checkpoint-every or --checkpoint-log"
         )
     if epoch is None:
-        epoch = latest_epoch(src_dir)
-    meta = read_meta(src_dir, epoch)
+        epoch = src.latest()
+    meta = src.meta(epoch)
     base = Config.from_dict(meta["config"])
     if base.whole:
         raise UserError(
-            f"--from {src_dir} trained in the whole parameter space (--train whole); "
+            f"--from {src} trained in the whole parameter space (--train whole); "
             "fine-tuning continues runs on the sphere only"
         )
     fresh = dataclasses.replace(
@@ -166,21 +163,20 @@ def run_finetune(
     ft = config.finetune
     if ft is None:
         raise UserError("run_finetune needs a fine-tune Config (see finetune_config)")
-    src_dir = Path(ft.source)
     check_out(config, out, overwrite=overwrite, resume=False)
     with claim_run(config, out, overwrite=overwrite, resume=False):
-        return _finetune(config, src_dir, out, overwrite, progress)
+        return _finetune(config, Source(ft.source), out, overwrite, progress)
 
 
-def _finetune(config: Config, src_dir: Path, out, overwrite: bool, progress: bool) -> Results:
+def _finetune(config: Config, src: Source, out, overwrite: bool, progress: bool) -> Results:
     ft = config.finetune
-    if not available_epochs(src_dir):
-        raise UserError(f"--from {src_dir} has no checkpoints; pass a checkpointed run")
-    meta = read_meta(src_dir, ft.epoch)
-    picks = _select([float(e) for e in meta["elr"]], ft.members, f"{src_dir}")
+    if not src.epochs():
+        raise UserError(f"--from {src} has no checkpoints; pass a checkpointed run")
+    meta = src.meta(ft.epoch)
+    picks = _select([float(e) for e in meta["elr"]], ft.members, f"{src}")
     ds = load_data(config)
     trainer = make_trainer(config, ds.num_classes, ds.image_shape)
-    src_state, _ = load_checkpoint(src_dir, ft.epoch, template=state_template(meta))
+    src_state, _ = src.load(ft.epoch, state_template)
     state = build_finetune_grid(src_state, picks, config.train.elrs, ft.data_key)
     n_new = len(config.train.elrs)
     source_elr = [float(meta["elr"][i]) for i in picks for _ in range(n_new)]

@@ -49,8 +49,8 @@ def reads_of(config: Config) -> list[str]:
     """The directories a run reads, which its ``out`` must not overlap."""
     paths = [config.train.random_walk_from]
     if config.finetune is not None:
-        paths.append(config.finetune.source)
-    return [p for p in paths if p is not None]
+        paths.extend(config.finetune.source.split(","))  # a sharded source: its shards
+    return [p for p in paths if p]
 
 
 def check_out(

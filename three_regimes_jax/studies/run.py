@@ -56,6 +56,7 @@ from three_regimes_jax.storage.checkpoint import (
     GridCheckpointer,
     complete_epochs,
     load_checkpoint,
+    local_copy,
 )
 from three_regimes_jax.storage.results import (
     Results,
@@ -255,7 +256,9 @@ def _resume(
         return None  # no complete checkpoint yet: start over
     epoch = usable[-1]
     state, _ = load_checkpoint(out, epoch, template=template, config=config.to_dict())
-    return state, history.truncate(epoch), epoch
+    # Several processes: numpy, which the grid functions place over every process's
+    # devices (a restored array is committed to this process's device only).
+    return local_copy(state), history.truncate(epoch), epoch
 
 
 def run_grid(
@@ -290,7 +293,9 @@ def run_grid(
     Returns:
       :class:`~three_regimes_jax.storage.results.Results` with the final state.
     """
-    schedule = set(check_out(config, out, overwrite=overwrite, resume=resume))
+    writer = jax.process_index() == 0  # ``--distributed``: process 0 writes, all read
+    # (the others checked ``out`` before process 0 claimed it: ``run_sweep``)
+    schedule = set(check_out(config, out, overwrite=overwrite, resume=resume) if writer else ())
     if config.train.drop_last and config.train.batch_size > ds.x_train.shape[0]:
         raise UserError(
             f"--batch-size {config.train.batch_size} is larger than the {ds.x_train.shape[0]} "
@@ -304,7 +309,7 @@ def run_grid(
     # divide; every compiled grid function splits the grid over the devices anyway).
     state = shard_grid(state)
     ckpt = None
-    if schedule:
+    if schedule and writer:
         ckpt = GridCheckpointer(
             out,
             config=config.to_dict(),
@@ -315,6 +320,7 @@ def run_grid(
     try:
         start, history = config.start_epoch, None
         resumed = _resume(Path(out), state, config) if resume else None
+        sync_processes("resumed")  # every process has read before process 0 writes
         if resumed is not None:
             state, history, start = resumed
         elif ckpt is not None:
@@ -391,6 +397,14 @@ def run_grid(
         summary["resumed_from_epoch"] = start
     cfg = config.to_dict()
     res = Results(config=cfg, metrics=metrics, summary=summary, state=state)
-    if out is not None:
+    if out is not None and writer:
         write_results(out, cfg, metrics, summary)
     return res
+
+
+def sync_processes(name: str) -> None:
+    """Waits for every process of a ``--distributed`` run to get here (no-op for one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

@@ -14,8 +14,10 @@ The Python API mirrors ``three-regimes sweep``::
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+import jax
 import numpy as np
 
 from three_regimes_jax.config import Config
@@ -27,6 +29,7 @@ from three_regimes_jax.studies.run import (
     load_data,
     make_trainer,
     run_grid,
+    sync_processes,
 )
 
 
@@ -69,7 +72,13 @@ def run_sweep(
     if not isinstance(config, Config) or config.finetune is not None:
         raise UserError("run_sweep needs a sweep Config (use run_finetune for fine-tunes)")
     check_out(config, out, overwrite=overwrite, resume=resume)  # before loading any data
-    with claim_run(config, out, overwrite=overwrite, resume=resume):
+    # ``--distributed``: every process checks ``out``, then process 0 alone claims
+    # (and writes) it while the others only read it (a resume's checkpoint).
+    sync_processes("checked")
+    writer = jax.process_index() == 0
+    claimed = claim_run(config, out, overwrite=overwrite, resume=resume) if writer else None
+    with claimed or contextlib.nullcontext():
+        sync_processes("claimed")
         ds = dataset if dataset is not None else load_data(config)
         trainer = make_trainer(config, ds.num_classes, ds.image_shape)
         state = trainer.init(config.member_hypers, config.member_seeds, ds.image_shape)
