@@ -528,3 +528,46 @@ def test_find_transitions_network(tmp_path):
     # Another search into the same --out is refused (it holds a different run).
     with pytest.raises(UserError, match="already holds a different run"):
         run_find_transitions_command(base, (1e-3, 10.0), 1, 2, 1, out=out, progress=False)
+
+
+def test_find_transitions_as_two_shard_jobs_equals_the_whole_search(tmp_path, monkeypatch):
+    """Two jobs (threads here; SLURM array tasks in practice) share one --out, each trains
+    its shard of every round and waits for the other's: both report the whole search."""
+    import threading
+
+    from three_regimes_jax.config import Config
+    from three_regimes_jax.studies import transitions as tr
+
+    monkeypatch.setattr(tr, "POLL_S", 0.05)
+    base = Config.from_flat(
+        dataset="digits", use_data_size=256, hidden=(16, 8), batch_size=64, strategy="map"
+    )
+    args = dict(elr_range=(1e-3, 10.0), rounds=2, points=4, epochs=2, progress=False)
+    whole = tr.run_find_transitions_command(base, **args, out=tmp_path / "whole")
+    reports, errors = {}, []
+
+    def job(k: int) -> None:
+        try:
+            out = tmp_path / "sharded"
+            reports[k] = tr.run_find_transitions_command(base, **args, out=out, shard=f"{k}/2")
+        except Exception as e:  # noqa: BLE001 - reported by the assert below
+            errors.append(e)
+
+    threads = [threading.Thread(target=job, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for k in range(2):
+        rep = reports[k]
+        assert rep["transitions"] == whole["transitions"]
+        got = [(r["elrs"], r["transitions"]) for r in rep["rounds"]]
+        assert got == [(r["elrs"], r["transitions"]) for r in whole["rounds"]]
+        assert (tmp_path / "sharded" / f"shard_{k}_of_2" / tr.TRANSITIONS_FILE).is_file()
+    assert (tmp_path / "sharded" / "shard_1_of_2" / "round_2" / "metrics.npz").is_file()
+    # One job waits for a shard that never comes: one line naming it, after wait_s.
+    with pytest.raises(UserError, match="shard_1_of_2"):
+        tr.wait_for_shards([tmp_path / "sharded" / "shard_1_of_2" / "round_9"], 0.2)
+    with pytest.raises(UserError, match="N can be at most"):
+        tr.run_find_transitions_command(base, **args, out=tmp_path / "x", shard="0/5")

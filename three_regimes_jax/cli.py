@@ -312,7 +312,7 @@ def _add_find_transitions(sub) -> None:
         p,
         ("model", "data", "train", "run"),
         # It searches ELRs on the sphere: the whole-space flags do not apply.
-        exclude=("--elrs", "--random-walk", "--shard", *WHOLE_FLAGS),
+        exclude=("--elrs", "--random-walk", *WHOLE_FLAGS),  # --shard: K/N jobs, one --out
         required=("--epochs",),
     )
     p.add_argument("--elr-range", required=True, help="LO,HI, e.g. 1e-6,10")
@@ -330,6 +330,7 @@ def _cmd_find_transitions(args) -> int:
     )
 
     elr_range = parse_elr_range(args.elr_range)
+    shard = vars(args).pop("shard", "")  # of each round's grid, not of this base config
     base = config_from_args(args, elrs=(elr_range[0],))
     report = run_find_transitions_command(
         base,
@@ -340,6 +341,7 @@ def _cmd_find_transitions(args) -> int:
         args.out,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        shard=shard,
     )
     if not args.quiet:
         print(format_transitions(report))

@@ -9,6 +9,16 @@ legitimate because a member's init and batch order depend only on its seed, not
 on the ELR or the grid it trains in, so the member at ELR ``e`` of round 2 is the
 one round 1 would have trained (up to float rounding of the vectorised step).
 
+A search can run as N independent jobs (``find-transitions --shard K/N``, e.g.
+a SLURM array), all given the same ``--out DIR``: job K claims and writes only
+``DIR/shard_K_of_N/``, trains shard K of each round's grid into its ``round_k/``,
+then waits for the other jobs' ``round_k/`` (:func:`wait_for_shards`), joins the
+round in memory (:func:`~three_regimes_jax.storage.shards.merged_results`) and
+labels it.  Every job thus sees the whole round and picks the same next grid:
+each writes the unsharded search's ``transitions.json`` but for its wall times
+(with ``map``, the same rounds and borders).  A round with fewer members than N runs as fewer
+shards; the jobs past them only wait.
+
 Each border is reported as ``[lo, hi]`` with its geometric midpoint, or as
 ``None`` with a reason (e.g. every member is regime 1: the 1/2 border lies
 above the range).  Compute is accounted in member-epochs (members x epochs,
@@ -24,6 +34,7 @@ the toy's one classifier (see its docstring for what the labels mean there).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,8 +43,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from three_regimes_jax.analysis.regimes import BORDERS, Criteria, classify
+from three_regimes_jax.errors import UserError
+from three_regimes_jax.sections_run import shard_of
 from three_regimes_jax.storage.files import write_json
+from three_regimes_jax.storage.integrity import MANIFEST
 from three_regimes_jax.storage.outdir import claim
+from three_regimes_jax.storage.results import load_results
+from three_regimes_jax.storage.shards import merged_results
 from three_regimes_jax.studies import toy
 from three_regimes_jax.studies.search import (
     check_int,
@@ -50,6 +66,11 @@ if TYPE_CHECKING:
     from three_regimes_jax.engine.data import Dataset
 
 TRANSITIONS_FILE = "transitions.json"
+#: Seconds a shard of a sharded search waits for the other shards of a round
+#: (``THREE_REGIMES_SHARD_WAIT_S``, default one day).
+SHARD_WAIT_S = float(os.environ.get("THREE_REGIMES_SHARD_WAIT_S", 86400))
+#: Seconds between two looks at the other shards' directories.
+POLL_S = 2.0
 
 
 # --------------------------------------------------------------------------- networks
@@ -67,6 +88,9 @@ def find_transitions(
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
     dataset: Dataset | None = None,
+    shard: tuple[int, int] | None = None,
+    peers: Sequence[str | os.PathLike] | None = None,
+    wait_s: float = SHARD_WAIT_S,
 ) -> dict[str, Any]:
     """Adaptive search for the 1/2 and 2/3 transition ELRs of a network.
 
@@ -88,6 +112,10 @@ def find_transitions(
         ``out/transitions.json``.
       overwrite: passed to ``run_sweep`` for the round directories.
       dataset: an already loaded dataset (else loaded once from ``base``).
+      shard: ``(K, N)``: train shard K of N of each round (module docstring).
+      peers: with ``shard``: the N jobs' output directories in shard order
+        (``out`` is the K-th); each round waits for the others' ``round_k``.
+      wait_s: how long a shard waits for the others in each round.
 
     Returns:
       ``{"transitions": {"1-2": [lo, hi] | None, "2-3": ...}, "midpoints": {...},
@@ -107,6 +135,8 @@ def find_transitions(
     points = check_int(points, "points", 2)
     epochs = check_int(base.train.epochs if epochs is None else epochs, "epochs", 1)
     probe = base.replace(elrs=(lo, hi), epochs=epochs)
+    if shard is not None and (out is None or peers is None or len(peers) != shard[1]):
+        raise UserError("a sharded search needs its output directory and all N shards' (peers)")
     ds = dataset if dataset is not None else load_data(probe)
     n_seeds = len(probe.train.seeds)
     dirs: list[str | None] = []
@@ -116,7 +146,15 @@ def find_transitions(
         rdir = None if out is None else Path(out) / f"round_{k}"
         dirs.append(None if rdir is None else rdir.name)
         t0 = time.perf_counter()
-        res = run_sweep(cfg, out=rdir, overwrite=overwrite, progress=progress, dataset=ds)
+        if shard is None:
+            res = run_sweep(cfg, out=rdir, overwrite=overwrite, progress=progress, dataset=ds)
+        else:  # this job's shard, then the others' (a round may have fewer members than N)
+            n = min(shard[1], len(elrs) * n_seeds)
+            if shard[0] < n:
+                part = cfg.replace(shard=f"{shard[0]}/{n}")
+                run_sweep(part, out=rdir, overwrite=overwrite, progress=progress, dataset=ds)
+            rounds_of = wait_for_shards([Path(p) / f"round_{k}" for p in peers[:n]], wait_s)
+            res = merged_results(rounds_of) if n > 1 else load_results(rounds_of[0])
         rep = classify(res.metrics, num_classes=ds.num_classes, criteria=criteria)
         return rep, len(elrs) * n_seeds * epochs, time.perf_counter() - t0
 
@@ -136,6 +174,29 @@ def find_transitions(
     return report
 
 
+def wait_for_shards(dirs: Sequence[Path], wait_s: float = SHARD_WAIT_S) -> list[Path]:
+    """Waits until every directory holds finished results (its manifest); returns ``dirs``.
+
+    Raises:
+      UserError: some are still missing after ``wait_s`` seconds (names them).
+    """
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        missing = [d for d in dirs if not (d / MANIFEST).is_file()]
+        if not missing:
+            return list(dirs)
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"the other shards did not finish within {wait_s:g} s: {missing[0]} has no "
+                "results; rerun the missing shard (or raise THREE_REGIMES_SHARD_WAIT_S)"
+            )
+        if not told:
+            print(f"three-regimes: waiting for {len(missing)} shard(s), e.g. {missing[0]}",
+                  file=sys.stderr)  # fmt: skip
+            told = True
+        time.sleep(POLL_S)
+
+
 def run_find_transitions_command(
     base: Config,
     elr_range: Sequence[float],
@@ -147,6 +208,7 @@ def run_find_transitions_command(
     *,
     overwrite: bool = False,
     progress: bool = True,
+    shard: str = "",
 ) -> dict[str, Any]:
     """``three-regimes find-transitions``: search; write ``out/round_k/``, ``out/transitions.json``.
 
@@ -163,6 +225,8 @@ def run_find_transitions_command(
       criteria: classification thresholds.
       overwrite: replace an earlier search in ``out``.
       progress: progress bars and one line per round on stderr.
+      shard: ``"K/N"``: this is job K of N sharing ``out`` (module docstring);
+        it writes ``out/shard_K_of_N/``.
 
     Returns:
       The :func:`find_transitions` report (also in ``out/transitions.json``).
@@ -176,6 +240,16 @@ def run_find_transitions_command(
     check_int(points, "--points", 2)
     check_int(base.train.epochs if epochs is None else epochs, "--epochs", 1)
     base.replace(elrs=(lo, hi))  # checks the ELR range as ELRs
+    peers, shard = None, shard_of(shard)
+    if shard is not None:
+        k, n = shard
+        if n > points * len(base.train.seeds):
+            raise UserError(
+                f"--shard {k}/{n}: a round has {points} ELRs x {len(base.train.seeds)} seeds, "
+                "so N can be at most that many"
+            )
+        peers = [Path(out) / f"shard_{j}_of_{n}" for j in range(n)]
+        out = peers[k]
     search = {
         "base": base.to_dict(),
         "elr_range": [lo, hi],
@@ -183,6 +257,8 @@ def run_find_transitions_command(
         "points": points,
         "epochs": epochs,
     }
+    if shard is not None:
+        search["shard"] = f"{shard[0]}/{shard[1]}"
     with claim(out, command="find-transitions", config=search, overwrite=overwrite) as out:
         report = find_transitions(
             base,
@@ -194,6 +270,8 @@ def run_find_transitions_command(
             progress,
             out=out,
             overwrite=overwrite,
+            shard=shard,
+            peers=peers,
         )
         write_json(out / TRANSITIONS_FILE, report)
     return report
