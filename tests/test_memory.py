@@ -23,6 +23,10 @@ def test_plan_fills_the_usable_fraction_and_refuses_what_cannot_fit():
     assert (whole.chunk_size, whole.chunks) == (8, 1)
     p = plan_chunks(8, 100, 50, 1_000)  # 0.8 * 1000 - 50 = 750 -> 7 members a chunk
     assert (p.chunk_size, p.chunks) == (7, 2) and "2 sequential chunks of 7" in p.line()
+    # over 4 devices, each holding the data and 7 members: one chunk of the 8
+    assert plan_chunks(8, 100, 50, 1_000, devices=4).chunks == 1
+    two = plan_chunks(40, 100, 50, 1_000, devices=4)  # 28 members a chunk
+    assert (two.chunk_size, two.chunks) == (28, 2) and "per device (4 devices)" in two.line()
     with pytest.raises(UserError, match="one member needs") as e:
         plan_chunks(8, 100, 50, 150)
     assert "\n" not in str(e.value) and "--memory-limit-mb" in str(e.value)

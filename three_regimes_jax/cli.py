@@ -174,13 +174,10 @@ def _add_interpolate(sub) -> None:
     p = sub.add_parser(
         "interpolate",
         help="loss and accuracy along straight lines between checkpointed solutions",
-        description="Endpoints are DIR[:EPOCH][@ELR] (default: the latest epoch, all members).",
+        description="Endpoints are DIR[:EPOCH][@ELR] (default: the latest epoch, all members); "
+        "DIR is a run, or DIR1,DIR2,... the shards of one.",
     )
-    p.add_argument(
-        "--a",
-        required=True,
-        help="first endpoint(s): DIR[:EPOCH][@ELR] (DIR: a run, or DIR1,DIR2,... its shards)",
-    )
+    p.add_argument("--a", required=True, help="first endpoint(s): DIR[:EPOCH][@ELR]")
     p.add_argument("--b", help="second endpoint(s) (default: the same as --a)")
     p.add_argument("--pairs", default="neighbors", help="neighbors (default) or all")
     p.add_argument("--points", type=int, default=21)

@@ -114,7 +114,9 @@ class MemoryPlan:
       chunk_size: members per compiled call (G: all at once).
       per_member_bytes: the estimate for one member (:func:`member_bytes`).
       shared_bytes: what all members share (the dataset on the device).
-      limit_bytes: the limit planned against (None: unknown, no planning).
+      limit_bytes: the limit planned against, per device (None: unknown, no planning).
+      devices: the devices the grid is split over (each holds the data and
+        ``chunk_size / devices`` members of a chunk).
     """
 
     members: int
@@ -122,6 +124,7 @@ class MemoryPlan:
     per_member_bytes: int
     shared_bytes: int
     limit_bytes: int | None
+    devices: int = 1
 
     @property
     def chunks(self) -> int:
@@ -135,9 +138,10 @@ class MemoryPlan:
         if self.chunks == 1:
             return f"memory: the grid of {self.members} members needs ~{need} of {limit}"
         each = "member" if self.chunk_size == 1 else "members"
+        over = f" per device ({self.devices} devices)" if self.devices > 1 else ""
         return (
             f"memory: the grid of {self.members} members needs ~{need}, more than "
-            f"{USABLE_FRACTION:.0%} of {limit}: training it as {self.chunks} sequential "
+            f"{USABLE_FRACTION:.0%} of {limit}{over}: training it as {self.chunks} sequential "
             f"chunks of {self.chunk_size} {each} (the same results)"
         )
 
@@ -149,6 +153,7 @@ class MemoryPlan:
             "limit_mb": None if self.limit_bytes is None else round(self.limit_bytes / MB, 1),
             "chunk_size": self.chunk_size,
             "chunks": self.chunks,
+            "devices": self.devices,
         }
 
 
@@ -159,14 +164,18 @@ def plan_chunks(
     limit: int | None,
     *,
     flag: str = "--memory-limit-mb",
+    devices: int = 1,
 ) -> MemoryPlan:
     """The largest chunk of members that fits in ``USABLE_FRACTION`` of ``limit``.
+
+    With several devices the grid is split over them and every device holds the
+    shared data: a chunk is as many members as fit on one device, times ``devices``.
 
     Raises:
       UserError: not even one member fits (one line, naming the sizes and ``flag``).
     """
     if limit is None:
-        return MemoryPlan(members, members, per_member, shared, None)
+        return MemoryPlan(members, members, per_member, shared, None, devices)
     usable = USABLE_FRACTION * limit - shared
     if usable < per_member:
         raise UserError(
@@ -174,8 +183,8 @@ def plan_chunks(
             f"{USABLE_FRACTION:.0%} of {_mb(limit)} may be used; give more memory ({flag}) "
             "or use a smaller --batch-size or model"
         )
-    chunk = int(max(1, min(members, usable // max(per_member, 1))))
-    return MemoryPlan(members, chunk, per_member, shared, limit)
+    chunk = int(max(1, min(members, devices * (usable // max(per_member, 1)))))
+    return MemoryPlan(members, chunk, per_member, shared, limit, devices)
 
 
 __all__ = [

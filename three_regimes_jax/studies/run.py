@@ -134,7 +134,7 @@ def plan_memory(config: Config, trainer: GridTrainer, state: GridState, ds: Data
     shared = sum(a.nbytes for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
     limit_mb = config.run.memory_limit_mb
     limit = device_limit_bytes() if limit_mb is None else int(limit_mb * MB)
-    return plan_chunks(state.size, per, shared, limit)
+    return plan_chunks(state.size, per, shared, limit, devices=len(jax.devices()))
 
 
 def summarize(

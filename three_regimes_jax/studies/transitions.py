@@ -46,7 +46,6 @@ from three_regimes_jax.analysis.regimes import BORDERS, Criteria, classify
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.sections_run import shard_of
 from three_regimes_jax.storage.files import write_json
-from three_regimes_jax.storage.integrity import MANIFEST
 from three_regimes_jax.storage.outdir import claim
 from three_regimes_jax.storage.results import load_results
 from three_regimes_jax.storage.shards import merged_results
@@ -175,14 +174,17 @@ def find_transitions(
 
 
 def wait_for_shards(dirs: Sequence[Path], wait_s: float = SHARD_WAIT_S) -> list[Path]:
-    """Waits until every directory holds finished results (its manifest); returns ``dirs``.
+    """Waits until every directory holds finished results; returns ``dirs``.
+
+    ``config.json`` is the last file a results directory gets
+    (:func:`~three_regimes_jax.storage.results.write_results`), so it marks them done.
 
     Raises:
       UserError: some are still missing after ``wait_s`` seconds (names them).
     """
     deadline, told = time.monotonic() + wait_s, False
     while True:
-        missing = [d for d in dirs if not (d / MANIFEST).is_file()]
+        missing = [d for d in dirs if not (d / "config.json").is_file()]
         if not missing:
             return list(dirs)
         if time.monotonic() > deadline:
