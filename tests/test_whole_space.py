@@ -209,7 +209,7 @@ def test_augmented_trainer_same_seed_members_agree_and_metrics_do_not_augment(ti
         ({"train_mode": "whole", "lrs": (0.1,), "weight_decays": (-1e-4,)}, "--weight-decays must"),
         ({"train_mode": "whole", "lrs": (0.1,), "momentum": 1.0}, "--momentum must be in [0, 1)"),
         ({"train_mode": "whole", "lrs": (0.1,), "noninv_lr": -0.5}, "--noninv-lr must be -1"),
-        ({"momentum": 0.9}, "--momentum applies to --train whole only"),
+        ({"momentum": 0.9}, "--momentum on the sphere goes with --optimizer sphere_momentum"),
         ({"schedule": "cosine"}, "--schedule applies to --train whole only"),
         ({"model": "convnet_si", "width": 0}, "--width must be >= 1"),
         ({"train_mode": "whole", "lrs": (0.1,), "grid": "zip"}, "--grid zip applies"),

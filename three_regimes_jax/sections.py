@@ -24,7 +24,12 @@ MODEL_NAMES = (
 DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100", "ag_news")
 TRAIN_MODES = ("sphere", "whole")
 #: ``TrainConfig`` fields (also their flat names) that apply to ``--train whole`` only.
-WHOLE_ONLY = ("lrs", "weight_decays", "momentum", "schedule", "noninv_lr")
+WHOLE_ONLY = ("lrs", "weight_decays", "schedule", "noninv_lr")
+#: Optimizers and sphere partitions of ``--train sphere`` (``engine.sphere_opt``).
+OPTIMIZERS = ("sgd", "riemannian_sgd", "sphere_momentum", "sphere_adam", "sgdp", "adamp")
+SPHERES = ("total", "layer", "filter")
+RETRACTIONS = ("normalize", "exp")
+SPHERE_ONLY = ("optimizer", "sphere", "betas", "retraction")
 SCHEDULES = ("constant", "cosine")
 POSITIONAL = ("sinusoidal", "learned")
 POOLING = ("mean", "first")
@@ -178,7 +183,17 @@ class TrainConfig(Section):
       lrs: whole space: the initial learning rates swept.
       weight_decays: whole space: the L2 weight decays swept (coupled, as
         PyTorch's SGD: ``g += wd * theta`` before momentum).
-      momentum: whole space: heavy-ball momentum as PyTorch (dampening 0).
+      momentum: whole space: heavy-ball momentum as PyTorch (dampening 0);
+        on the sphere: ``beta`` of ``sphere_momentum`` and ``sgdp``.
+      optimizer: on the sphere: ``sgd`` (the paper's projected SGD),
+        ``riemannian_sgd``, ``sphere_momentum``, ``sphere_adam``, or the
+        baselines ``sgdp``/``adamp`` (not on a fixed sphere); see
+        :mod:`three_regimes_jax.engine.sphere_opt` for each update and ELR.
+      sphere: ``total`` (all SI parameters, the paper's), ``layer`` (each SI
+        leaf) or ``filter`` (each output filter, as the official ``fix_all_elr``).
+      betas: Adam's ``(beta1, beta2)`` (``sphere_adam``, ``adamp``).
+      retraction: ``normalize`` or ``exp`` (great circle), for
+        ``riemannian_sgd``, ``sphere_momentum`` and ``sphere_adam``.
       schedule: whole space: ``constant`` or ``cosine`` (PyTorch's
         CosineAnnealingLR with ``T_max = epochs``, stepped per epoch).
       noninv_lr: whole space: learning rate of the non-SI parameters (the
@@ -249,9 +264,26 @@ class TrainConfig(Section):
     momentum: float = option(
         0.0,
         "--momentum",
-        "--train whole: heavy-ball momentum in [0, 1)",
+        "heavy-ball momentum in [0, 1): --train whole, or --optimizer sphere_momentum|sgdp",
         "float",
         low=0.0,
+    )
+    optimizer: str = option(
+        "sgd",
+        "--optimizer",
+        "optimizer on the sphere (sgd: the paper's)",
+        "str",
+        choices=OPTIMIZERS,
+    )
+    sphere: str = option(
+        "total", "--sphere", "sphere of the SI parameters: total, layer or filter", "str",
+        choices=SPHERES,
+    )  # fmt: skip
+    betas: tuple[float, ...] = option(
+        (0.9, 0.999), "--betas", "Adam's beta1,beta2 (sphere_adam, adamp)", "floats", low=0.0
+    )
+    retraction: str = option(
+        "normalize", "--retraction", "normalize or exp (great circle)", "str", choices=RETRACTIONS
     )
     schedule: str = option(
         "constant", "--schedule", "--train whole: LR schedule", "str", choices=SCHEDULES
@@ -293,6 +325,7 @@ class TrainConfig(Section):
                 )
             if not self.elrs:
                 raise UserError("--elrs is empty: give at least one value")
+            self._check_optimizer()
         else:
             if self.elrs:
                 raise UserError("--elrs applies to --train sphere only; --train whole sweeps --lrs")
@@ -300,11 +333,34 @@ class TrainConfig(Section):
                 raise UserError("--train whole needs --lrs (comma-separated learning rates)")
             if self.random_walk or self.random_walk_from is not None:
                 raise UserError("--random-walk applies to --train sphere only")
+            for f in dataclasses.fields(self):
+                if f.name in SPHERE_ONLY and getattr(self, f.name) != f.default:
+                    raise UserError(f"{f.metadata['flag']} applies to --train sphere only")
             if self.grid == "zip":
                 raise UserError(
                     "--grid zip applies to --train sphere only; a whole-space grid is "
                     "--lrs x --weight-decays x --seeds"
                 )
+
+    def _check_optimizer(self) -> None:
+        """Which flags go with which ``--optimizer`` (sphere mode)."""
+        opt, adam = self.optimizer, self.optimizer in ("sphere_adam", "adamp")
+        if self.momentum and opt not in ("sphere_momentum", "sgdp"):
+            raise UserError(
+                f"--momentum on the sphere goes with --optimizer sphere_momentum or sgdp, not {opt}"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"--betas takes beta1,beta2 in [0, 1), got {self.betas}")
+        if self.betas != (0.9, 0.999) and not adam:
+            raise UserError(f"--betas applies to --optimizer sphere_adam or adamp, not {opt}")
+        if self.sphere != "total" and opt in ("sgdp", "adamp"):
+            raise UserError(f"--optimizer {opt} is not on a sphere: drop --sphere {self.sphere}")
+        if self.retraction != "normalize" and opt in ("sgd", "sgdp", "adamp"):
+            raise UserError(
+                f"--retraction goes with riemannian_sgd, sphere_momentum or sphere_adam, not {opt}"
+            )
+        if self.random_walk and (opt != "sgd" or self.sphere != "total"):
+            raise UserError("--random-walk replaces SGD's steps: use it with --optimizer sgd only")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,6 +45,7 @@ from three_regimes_jax.engine.sphere import (
     sphere_sgd_swept,
     sphere_step,
 )
+from three_regimes_jax.engine.sphere_opt import sphere_optimizer
 
 PyTree = Any
 
@@ -69,6 +70,8 @@ class SweptOptimizer(NamedTuple):
         :class:`~three_regimes_jax.engine.sphere.LeafSums`; the same step as
         ``update`` followed by ``optax.apply_updates``, in fewer passes over
         the parameters.  None where there is no such shortcut.
+      prepare: optional ``prepare(params) -> params`` putting fresh weights on
+        the optimizer's sphere before ``init`` (``--sphere filter``); None: as is.
     """
 
     init: Callable[..., Any]
@@ -76,6 +79,7 @@ class SweptOptimizer(NamedTuple):
     lr: Callable[[Any], jax.Array]
     hyperparams: tuple[str, ...]
     apply: Callable[..., tuple[PyTree, Any, jax.Array]] | None = None
+    prepare: Callable[[PyTree], PyTree] | None = None
 
 
 def random_walk(si_mask: PyTree) -> optax.GradientTransformationExtraArgs:
@@ -221,6 +225,8 @@ def make_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
             return state.lr * lr_scale
 
         return SweptOptimizer(whole.init, update_whole, lr_whole, ("lr", "weight_decay"))
+    if train.optimizer != "sgd" or train.sphere != "total":
+        return _other_sphere_optimizer(train, si_mask)
     sphere = sphere_sgd_swept(si_mask)
     walk = random_walk(si_mask) if train.random_walk else None
 
@@ -245,6 +251,28 @@ def make_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
         return new, state, cos
 
     return SweptOptimizer(init, update, lr, ("elr",), None if walk is not None else apply)
+
+
+def _other_sphere_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
+    """An ``--optimizer`` or ``--sphere`` other than the paper's (``engine.sphere_opt``)."""
+    opt = sphere_optimizer(
+        train.optimizer,
+        si_mask,
+        sphere=train.sphere,
+        momentum=train.momentum,
+        betas=tuple(train.betas),
+        retraction=train.retraction,
+    )
+
+    def update(grads, state, params, *, rw_key=None, rw_norm=None, lr_scale=1.0):
+        del rw_key, rw_norm, lr_scale
+        return opt.update(grads, state, params)
+
+    def lr(state, lr_scale=1.0):
+        del lr_scale
+        return opt.lr(state)
+
+    return SweptOptimizer(opt.init, update, lr, ("elr",), None, opt.prepare)
 
 
 def with_elr(state: SphereState, elr: float | jax.Array) -> SphereState:

@@ -369,12 +369,13 @@ def init_grid(
     for elr, seed in zip(elrs, seeds, strict=True):
         v, data_key = per_seed[int(seed)]
         hyper = dict(elr) if isinstance(elr, dict) else {"elr": float(elr)}
+        params = v.params if opt.prepare is None else opt.prepare(v.params)
         members.append(
             GridState(
-                params=v.params,
+                params=params,
                 batch_stats=v.batch_stats,
                 frozen=v.frozen,
-                opt_state=opt.init(v.params, **hyper),
+                opt_state=opt.init(params, **hyper),
                 step=jnp.zeros((), jnp.int32),
                 data_key=data_key,
             )
