@@ -89,6 +89,8 @@ def _flag_type(kind: str, flag: str):
                 return tuple(parse_floats(text, flag))
             if kind == "ints":
                 return tuple(parse_ints(text, flag))
+            if kind == "strs":
+                return tuple(t.strip() for t in text.split(",") if t.strip())
             if kind in ("int", "opt_int"):
                 return int(text)
             if kind in ("float", "opt_float"):

@@ -160,6 +160,10 @@ class Config:
                 f"--sharpness-size ({m.sharpness_size}) must be >= --batch-size "
                 f"({t.batch_size}): sharpness is measured on mini-batches of the training size"
             )
+        if self.finetune is not None and t.elr_schedules != ("constant",):
+            raise UserError(
+                "fine-tuning continues at fixed ELRs: the source run has --elr-schedules"
+            )
         if self.shard is not None:
             n, g = self.shard[1], len(self._all_members())
             if self.finetune is not None:
@@ -198,14 +202,22 @@ class Config:
         """Whether the run trains in the whole parameter space (``train.mode == "whole"``)."""
         return self.train.mode == "whole"
 
-    def _all_members(self) -> list[tuple[float, float, int]]:
-        """``(elr or lr, weight decay, seed)`` of each member of the whole grid, in order."""
+    def _all_members(self) -> list[tuple[float, float, int, str]]:
+        """``(elr or lr, weight decay, seed, ELR schedule)`` of each member of the whole grid.
+
+        In order: schedules outermost (one schedule: the plain grid), then ELRs
+        (or LRs and weight decays), then seeds.
+        """
         t = self.train
         if self.whole:
-            return [(lr, wd, s) for lr in t.lrs for wd in t.weight_decays for s in t.seeds]
+            return [
+                (lr, wd, s, "constant") for lr in t.lrs for wd in t.weight_decays for s in t.seeds
+            ]
         if t.grid == "zip":
-            return [(e, 0.0, s) for e, s in zip(t.elrs, t.seeds, strict=True)]
-        return [(e, 0.0, s) for e in t.elrs for s in t.seeds]
+            pairs = list(zip(t.elrs, t.seeds, strict=True))
+        else:
+            pairs = [(e, s) for e in t.elrs for s in t.seeds]
+        return [(e, 0.0, s, sched) for sched in t.elr_schedules for e, s in pairs]
 
     @property
     def shard(self) -> tuple[int, int] | None:
@@ -221,8 +233,8 @@ class Config:
         k, n = self.shard
         return k * g // n, (k + 1) * g // n
 
-    def _members(self) -> list[tuple[float, float, int]]:
-        """``(elr or lr, weight decay, seed)`` of each member this run trains (its shard)."""
+    def _members(self) -> list[tuple[float, float, int, str]]:
+        """:meth:`_all_members` of the members this run trains (its shard)."""
         start, stop = self.shard_range
         return self._all_members()[start:stop]
 
@@ -252,10 +264,26 @@ class Config:
 
     @property
     def member_hypers(self) -> list[dict[str, float]]:
-        """Each member's optimizer hyperparameters: ``{"elr"}`` or ``{"lr", "weight_decay"}``."""
+        """Each member's optimizer hyperparameters.
+
+        ``{"elr"}`` (and ``"schedule"`` with :attr:`scheduled`) on the sphere,
+        ``{"lr", "weight_decay"}`` in the whole space.
+        """
         if self.whole:
             return [{"lr": m[0], "weight_decay": m[1]} for m in self._members()]
+        if self.scheduled:
+            return [{"elr": m[0], "schedule": m[3]} for m in self._members()]
         return [{"elr": m[0]} for m in self._members()]
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether members have ELR schedules (``--elr-schedules`` other than constant)."""
+        return self.train.elr_schedules != ("constant",)
+
+    @property
+    def member_schedules(self) -> list[str]:
+        """ELR schedule of each member of a sweep (length G)."""
+        return [m[3] for m in self._members()]
 
     @property
     def member_seeds(self) -> list[int]:

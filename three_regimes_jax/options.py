@@ -161,6 +161,15 @@ def _coerce(value: Any, meta: Mapping[str, Any]) -> Any:
         if not value and meta["nonempty"]:
             raise UserError(f"{flag} is empty")
         return value
+    if kind == "strs":
+        if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+            raise UserError(f"{flag} must be a list of non-empty strings, got {value!r}")
+        items = tuple(v.strip() for v in value)
+        if meta["nonempty"] and not items:
+            raise UserError(f"{flag} is empty: give at least one value")
+        if meta["unique"] and len(set(items)) != len(items):
+            raise UserError(f"{flag} must not repeat values, got {', '.join(items)}")
+        return items
     if kind in ("ints", "floats"):
         return _coerce_list(
             value,

@@ -29,7 +29,7 @@ WHOLE_ONLY = ("lrs", "weight_decays", "schedule", "noninv_lr")
 OPTIMIZERS = ("sgd", "riemannian_sgd", "sphere_momentum", "sphere_adam", "sgdp", "adamp")
 SPHERES = ("total", "layer", "filter")
 RETRACTIONS = ("normalize", "exp")
-SPHERE_ONLY = ("optimizer", "sphere", "betas", "retraction")
+SPHERE_ONLY = ("optimizer", "sphere", "betas", "retraction", "elr_schedules")
 SCHEDULES = ("constant", "cosine")
 POSITIONAL = ("sinusoidal", "learned")
 POOLING = ("mean", "first")
@@ -194,6 +194,9 @@ class TrainConfig(Section):
       betas: Adam's ``(beta1, beta2)`` (``sphere_adam``, ``adamp``).
       retraction: ``normalize`` or ``exp`` (great circle), for
         ``riemannian_sgd``, ``sphere_momentum`` and ``sphere_adam``.
+      elr_schedules: on the sphere, the ELR schedules swept, one grid axis
+        outside the ELRs (members ``schedules x elrs x seeds``); see
+        :mod:`three_regimes_jax.engine.schedules`.
       schedule: whole space: ``constant`` or ``cosine`` (PyTorch's
         CosineAnnealingLR with ``T_max = epochs``, stepped per epoch).
       noninv_lr: whole space: learning rate of the non-SI parameters (the
@@ -285,6 +288,15 @@ class TrainConfig(Section):
     retraction: str = option(
         "normalize", "--retraction", "normalize or exp (great circle)", "str", choices=RETRACTIONS
     )
+    elr_schedules: tuple[str, ...] = option(
+        ("constant",),
+        "--elr-schedules",
+        "ELR schedules swept (a grid axis): constant, cosine, step:G@E1+E2, warmup:W, "
+        "warmup_cosine:W, regime:ELR2@E",
+        "strs",
+        unique=True,
+        nonempty=True,
+    )
     schedule: str = option(
         "constant", "--schedule", "--train whole: LR schedule", "str", choices=SCHEDULES
     )
@@ -361,6 +373,12 @@ class TrainConfig(Section):
             )
         if self.random_walk and (opt != "sgd" or self.sphere != "total"):
             raise UserError("--random-walk replaces SGD's steps: use it with --optimizer sgd only")
+        if self.random_walk and self.elr_schedules != ("constant",):
+            raise UserError("--random-walk takes constant ELRs: drop --elr-schedules")
+        from three_regimes_jax.elr_schedules import parse_schedule
+
+        for spec in self.elr_schedules:
+            parse_schedule(spec, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)

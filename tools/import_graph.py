@@ -26,6 +26,7 @@ LAYERS = {
     "three_regimes_jax.options": "base",
     "three_regimes_jax.sections": "base",
     "three_regimes_jax.sections_run": "base",
+    "three_regimes_jax.elr_schedules": "base",
     "three_regimes_jax.engine": "engine",
     "three_regimes_jax.storage": "storage",
     "three_regimes_jax.analysis": "analysis",

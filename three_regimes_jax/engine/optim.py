@@ -30,6 +30,7 @@ optimizer state is the sphere step's own state
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -37,7 +38,10 @@ import jax
 import optax
 
 from three_regimes_jax.config import TrainConfig
+from three_regimes_jax.elr_schedules import parse_schedule
 from three_regimes_jax.engine.diagnostics import tangent_gaussian
+from three_regimes_jax.engine.schedules import ScheduledState
+from three_regimes_jax.engine.schedules import factor as schedule_factor
 from three_regimes_jax.engine.sphere import (
     LeafSums,
     SphereState,
@@ -65,13 +69,16 @@ class SweptOptimizer(NamedTuple):
         parameters the state realises (for the per-group statistics).
       hyperparams: the names ``init`` takes.
       apply: optional fused step ``apply(grads, state, params, sums) -> (params,
-        state, cos)`` returning the new parameters directly (and the cosine
+        state, cos)`` (and ``lr_scale=``) returning the new parameters directly (and the cosine
         between the SI weights before and after) from the step's
         :class:`~three_regimes_jax.engine.sphere.LeafSums`; the same step as
         ``update`` followed by ``optax.apply_updates``, in fewer passes over
         the parameters.  None where there is no such shortcut.
       prepare: optional ``prepare(params) -> params`` putting fresh weights on
         the optimizer's sphere before ``init`` (``--sphere filter``); None: as is.
+      elr_factor: optional ``elr_factor(state, t)``: the member's ELR schedule
+        factor at fractional epoch ``t`` (``--elr-schedules``), which the train
+        step passes on as ``lr_scale``; None: no schedule.
     """
 
     init: Callable[..., Any]
@@ -80,6 +87,7 @@ class SweptOptimizer(NamedTuple):
     hyperparams: tuple[str, ...]
     apply: Callable[..., tuple[PyTree, Any, jax.Array]] | None = None
     prepare: Callable[[PyTree], PyTree] | None = None
+    elr_factor: Callable[[Any, jax.Array], jax.Array] | None = None
 
 
 def random_walk(si_mask: PyTree) -> optax.GradientTransformationExtraArgs:
@@ -225,6 +233,9 @@ def make_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
             return state.lr * lr_scale
 
         return SweptOptimizer(whole.init, update_whole, lr_whole, ("lr", "weight_decay"))
+    if train.elr_schedules != ("constant",):
+        plain = dataclasses.replace(train, elr_schedules=("constant",))
+        return scheduled(make_optimizer(plain, si_mask), train.epochs)
     if train.optimizer != "sgd" or train.sphere != "total":
         return _other_sphere_optimizer(train, si_mask)
     sphere = sphere_sgd_swept(si_mask)
@@ -234,20 +245,27 @@ def make_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimizer:
         return sphere.init(params, elr=elr)
 
     def update(
-        grads: PyTree, state: SphereState, params: PyTree, *, rw_key=None, rw_norm=None, **_
+        grads: PyTree,
+        state: SphereState,
+        params: PyTree,
+        *,
+        rw_key=None,
+        rw_norm=None,
+        lr_scale=1.0,
+        **_,
     ):
         if walk is not None:
             grads, _ = walk.update(
                 grads, optax.EmptyState(), params, rw_key=rw_key, rw_norm=rw_norm
             )
-        return sphere.update(grads, state, params)
+        updates, _ = sphere.update(grads, state._replace(elr=state.elr * lr_scale), params)
+        return updates, state
 
     def lr(state: SphereState, lr_scale=1.0) -> jax.Array:
-        del lr_scale
-        return elr_to_lr(state.elr, state.radius)
+        return elr_to_lr(state.elr, state.radius) * lr_scale
 
-    def apply(grads: PyTree, state: SphereState, params: PyTree, sums: LeafSums):
-        new, cos = sphere_step(params, grads, si_mask, lr(state), state.radius, sums)
+    def apply(grads: PyTree, state: SphereState, params: PyTree, sums: LeafSums, lr_scale=1.0):
+        new, cos = sphere_step(params, grads, si_mask, lr(state, lr_scale), state.radius, sums)
         return new, state, cos
 
     return SweptOptimizer(init, update, lr, ("elr",), None if walk is not None else apply)
@@ -265,14 +283,50 @@ def _other_sphere_optimizer(train: TrainConfig, si_mask: PyTree) -> SweptOptimiz
     )
 
     def update(grads, state, params, *, rw_key=None, rw_norm=None, lr_scale=1.0):
-        del rw_key, rw_norm, lr_scale
-        return opt.update(grads, state, params)
+        del rw_key, rw_norm
+        updates, new = opt.update(grads, state._replace(elr=state.elr * lr_scale), params)
+        return updates, new._replace(elr=state.elr)
 
     def lr(state, lr_scale=1.0):
-        del lr_scale
-        return opt.lr(state)
+        return opt.lr(state) * lr_scale
 
     return SweptOptimizer(opt.init, update, lr, ("elr",), None, opt.prepare)
+
+
+def scheduled(opt: SweptOptimizer, epochs: int) -> SweptOptimizer:
+    """``opt`` with a per-member ELR schedule in its state (``--elr-schedules``).
+
+    ``init(params, *, elr, schedule="constant")`` wraps ``opt``'s state in a
+    :class:`~three_regimes_jax.engine.schedules.ScheduledState`;
+    ``elr_factor(state, t)`` is the schedule's factor at fractional epoch ``t``
+    of ``epochs`` (:func:`~three_regimes_jax.engine.schedules.factor`), which
+    the train step passes to ``lr``/``update``/``apply`` as ``lr_scale``.
+    """
+
+    def init(params, *, elr, schedule="constant"):
+        kind, args = parse_schedule(schedule, float(elr))
+        inner = opt.init(params, elr=elr)
+        return ScheduledState(inner, jax.numpy.int32(kind), jax.numpy.asarray(args))
+
+    def update(grads, state, params, **kw):
+        updates, inner = opt.update(grads, state.inner, params, **kw)
+        return updates, state._replace(inner=inner)
+
+    def lr(state, lr_scale=1.0):
+        return opt.lr(state.inner, lr_scale)
+
+    apply = None
+    if opt.apply is not None:
+
+        def apply(grads, state, params, sums, lr_scale=1.0):
+            new, inner, cos = opt.apply(grads, state.inner, params, sums, lr_scale=lr_scale)
+            return new, state._replace(inner=inner), cos
+
+    def elr_factor(state, t):
+        return schedule_factor(state.kind, state.args, t, epochs)
+
+    hyper = (*opt.hyperparams, "schedule")
+    return SweptOptimizer(init, update, lr, hyper, apply, opt.prepare, elr_factor)
 
 
 def with_elr(state: SphereState, elr: float | jax.Array) -> SphereState:

@@ -71,7 +71,9 @@ def make_train_step(
     One optimizer step (on the sphere or in the whole space, as ``opt``).
     ``step_norm`` (random walk only) is the effective gradient norm
     ``||grad_SI|| * rho`` whose length the random step takes (NaN: the
-    gradient's own); ``lr_scale`` is the LR schedule's factor (whole space).
+    gradient's own); ``lr_scale`` is the LR schedule's factor (whole space);
+    ``epoch_time`` is the fractional epoch at which a member's ELR schedule
+    (``opt.elr_factor``) is read.
     With ``pad_value`` (``[C]``) the batch is augmented first
     (:func:`~three_regimes_jax.engine.augment.random_crop_flip`, keyed by the
     member's data key and step, so members sharing a seed share it).  Models
@@ -86,7 +88,11 @@ def make_train_step(
     """
     dropout = getattr(model, "dropout", 0.0) > 0
 
-    def train_step(ms: GridState, x: jax.Array, y: jax.Array, step_norm=None, lr_scale=1.0):
+    def train_step(
+        ms: GridState, x: jax.Array, y: jax.Array, step_norm=None, lr_scale=1.0, epoch_time=0.0
+    ):
+        if opt.elr_factor is not None:  # the member's ELR schedule (--elr-schedules)
+            lr_scale = lr_scale * opt.elr_factor(ms.opt_state, epoch_time)
         if pad_value is not None:
             x = random_crop_flip(augment_key(ms.data_key, ms.step), x, pad_value)
         rngs = {}
@@ -106,7 +112,9 @@ def make_train_step(
         sums = leaf_sums(ms.params, grads, si_mask)
         stats = group_stats(ms.params, grads, si_mask, lr, sums)
         if opt.apply is not None:
-            params, opt_state, step_cos = opt.apply(grads, ms.opt_state, ms.params, sums)
+            params, opt_state, step_cos = opt.apply(
+                grads, ms.opt_state, ms.params, sums, lr_scale=lr_scale
+            )
         else:
             rw_key = jax.random.fold_in(
                 jax.random.fold_in(jax.random.wrap_key_data(ms.data_key), RANDOM_WALK_SALT),
@@ -174,10 +182,14 @@ def make_train_epoch(
         bs = min(batch_size, x.shape[0])
         shapes = jax.eval_shape(lambda: step(ms, x[:bs], y[:bs], step_norm, lr_scale)[1])
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        # the fractional epoch of each step, for ELR schedules
+        per_epoch = x.shape[0] // bs if drop_last else -(-x.shape[0] // bs)
+        step0 = ms.step
 
         def body(carry, xb, yb):
             ms, acc = carry
-            ms, m = step(ms, xb, yb, step_norm, lr_scale)
+            t = epoch + (ms.step - step0).astype(jnp.float32) / per_epoch
+            ms, m = step(ms, xb, yb, step_norm, lr_scale, t)
             carry = ms, jax.tree.map(jnp.add, acc, m)
             if log_steps:
                 return carry, {

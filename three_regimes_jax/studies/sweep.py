@@ -86,6 +86,8 @@ def run_sweep(
             "elr": np.asarray(config.member_elrs, np.float64),
             "seed": np.asarray(config.member_seeds, np.int64),
         }
+        if config.scheduled:
+            info["elr_schedule"] = np.asarray(config.member_schedules, dtype=str)
         if config.whole:
             info["lr"] = np.asarray(config.member_lrs, np.float64)
             info["weight_decay"] = np.asarray(config.member_weight_decays, np.float64)

@@ -1,0 +1,141 @@
+"""Beyond the paper: regime borders per optimizer x sphere, and ELR schedules, on MNIST MLP-SI.
+
+``borders``: ``find-transitions`` for every ``--optimizer`` x ``--sphere``
+(``sgdp``/``adamp`` only on ``total``: they are not on a sphere), one search
+each, with the same data, epochs and ELR range.  ``--write`` puts the table in
+``experiments/OPTIMIZERS.md`` (section ``borders``), with this command.
+
+    .venv/bin/python -m experiments.optimizers borders --out runs/optim --write
+
+The settings are flags (defaults: 10,000 MNIST training images, 10 epochs,
+3 rounds of 6 ELRs in 1e-5..10, seed 0), so a GPU can redo it at full scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "experiments" / "OPTIMIZERS.md"
+COMBOS = [
+    *((o, s) for o in ("sgd", "riemannian_sgd", "sphere_momentum", "sphere_adam")
+      for s in ("total", "layer", "filter")),
+    ("sgdp", "total"),
+    ("adamp", "total"),
+]  # fmt: skip
+#: Momentum of the momentum methods (their ELR is the effective one, lr / (1 - beta) / rho**2).
+MOMENTUM = 0.9
+
+
+def data_dir() -> str:
+    """MNIST's IDX files: ``$THREE_REGIMES_DATA_DIR/mnist`` or ``../shared/data/mnist``."""
+    root = os.environ.get("THREE_REGIMES_DATA_DIR") or str(ROOT.parent / "shared" / "data")
+    return str(Path(root) / "mnist")
+
+
+def base_config(args, optimizer: str = "sgd", sphere: str = "total"):
+    """The MNIST MLP-SI config of one optimizer and sphere."""
+    from three_regimes_jax.config import Config
+
+    extra = {"momentum": MOMENTUM} if optimizer in ("sphere_momentum", "sgdp") else {}
+    return Config.from_flat(
+        model="mlp_si",
+        dataset="mnist",
+        data_dir=args.data_dir,
+        use_data_size=args.train_size,
+        epochs=args.epochs,
+        seeds=tuple(args.seeds),
+        optimizer=optimizer,
+        sphere=sphere,
+        **extra,
+    )
+
+
+def run_borders(args) -> list[dict]:
+    """One ``find-transitions`` per optimizer x sphere; returns the table rows."""
+    from three_regimes_jax.studies.transitions import run_find_transitions_command
+
+    rows = []
+    for opt, sphere in COMBOS:
+        out = Path(args.out) / "borders" / f"{opt}-{sphere}"
+        t0 = time.perf_counter()
+        rep = run_find_transitions_command(
+            base_config(args, opt, sphere),
+            tuple(args.elr_range),
+            args.rounds,
+            args.points,
+            None,
+            out,
+            overwrite=True,
+            progress=False,
+        )
+        row = {"optimizer": opt, "sphere": sphere, "wall_s": round(time.perf_counter() - t0, 1)}
+        for b in ("1-2", "2-3"):
+            row[b] = rep["transitions"][b]
+            row[f"{b} reason"] = rep["reasons"][b]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def _interval(iv) -> str:
+    return "not found" if iv is None else f"[{iv[0]:.3g}, {iv[1]:.3g}]"
+
+
+def borders_table(rows: list[dict]) -> str:
+    """The markdown table of :func:`run_borders`."""
+    lines = [
+        "| optimizer | sphere | 1/2 border | 2/3 border | wall s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['optimizer']} | {r['sphere']} | {_interval(r['1-2'])} | "
+            f"{_interval(r['2-3'])} | {r['wall_s']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_section(name: str, command: str, body: str) -> None:
+    """Replaces (or appends) section ``name`` of :data:`DOC`."""
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n\nCommand: `{command}`\n\n{body}\n\n{end}"
+    text = DOC.read_text() if DOC.exists() else "# Optimizers and schedules on the sphere\n"
+    if start in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    DOC.write_text(text)
+
+
+def main(argv=None) -> int:
+    """Runs one study of this module (see the module docstring)."""
+    p = argparse.ArgumentParser(prog="python -m experiments.optimizers", description=__doc__)
+    p.add_argument("what", choices=("borders",))
+    p.add_argument("--out", default="runs/optim")
+    p.add_argument("--data-dir", default=data_dir())
+    p.add_argument("--train-size", type=int, default=10000)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--elr-range", type=float, nargs=2, default=[1e-5, 10.0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--points", type=int, default=6)
+    p.add_argument("--write", action="store_true", help=f"write the table into {DOC.name}")
+    args = p.parse_args(argv)
+    command = "python -m experiments.optimizers " + " ".join(argv or sys.argv[1:])
+    rows = run_borders(args)
+    table = borders_table(rows)
+    print(table)
+    (Path(args.out) / "borders.json").write_text(json.dumps(rows, indent=1))
+    if args.write:
+        write_section("borders", command, table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
