@@ -7,6 +7,11 @@ each, with the same data, epochs and ELR range.  ``--write`` puts the table in
 
     .venv/bin/python -m experiments.optimizers borders --out runs/optim --write
 
+``schedules``: the regime-aware ELR schedule against fixed ELRs and cosine
+(:func:`run_schedules`), section ``schedules``:
+
+    .venv/bin/python -m experiments.optimizers schedules --seeds 0 1 2 --epochs 20 --write
+
 The settings are flags (defaults: 10,000 MNIST training images, 10 epochs,
 3 rounds of 6 ELRs in 1e-5..10, seed 0), so a GPU can redo it at full scale.
 """
@@ -83,6 +88,75 @@ def run_borders(args) -> list[dict]:
     return rows
 
 
+def run_schedules(args) -> tuple[str, dict]:
+    """Fixed ELRs, cosine and the regime-aware schedule in one grid; returns the table.
+
+    Every schedule runs from every ELR of ``--elrs`` (the grid is schedules x
+    ELRs x seeds, one compiled step).  The regime-aware schedule starts at the
+    member's ELR and drops to ``--border / --drop`` (regime 1) at epoch
+    ``--switch``; its useful starts are the low regime-2 ELRs just above the
+    1/2 border.  Reported per schedule and start: final test error and the top
+    Hessian eigenvalue (sharpness at the end), mean +- std over seeds; then the
+    regime-aware schedule's best start against the best fixed ELR and the best
+    cosine, as the per-seed difference of test errors (mean +- std).
+    """
+    import numpy as np
+
+    from three_regimes_jax import run_sweep
+
+    after = args.border / args.drop
+    schedules = ("constant", "cosine", f"regime:{after:.4g}@{args.switch}")
+    cfg = base_config(args).replace(
+        elrs=tuple(args.elrs),
+        elr_schedules=schedules,
+        sharpness_every=args.epochs,
+        sharpness_size=args.sharpness_size,
+    )
+    t0 = time.perf_counter()
+    res = run_sweep(cfg, out=Path(args.out) / "schedules", overwrite=True, progress=False)
+    m = res.metrics
+    err = 1.0 - m["test_acc"][:, -1]
+    sharp = m["hessian_top_eig"][:, -1]
+    rows, per_seed = [], {}
+    for sched in schedules:
+        for elr in args.elrs:
+            pick = (m["elr_schedule"] == sched) & np.isclose(m["elr"], elr)
+            per_seed[(sched, elr)] = err[pick]
+            rows.append((sched, elr, err[pick], sharp[pick]))
+    lines = [
+        "| schedule | start ELR | test error (%) | top Hessian eigenvalue |",
+        "|---|---|---|---|",
+    ]
+    for sched, elr, e, h in rows:
+        lines.append(
+            f"| {sched} | {elr:g} | {100 * e.mean():.2f} +- {100 * e.std():.2f} | "
+            f"{h.mean():.3g} +- {h.std():.2g} |"
+        )
+
+    def best(kind):
+        keys = [k for k in per_seed if k[0].startswith(kind)]
+        return min(keys, key=lambda k: per_seed[k].mean())
+
+    ra, fixed, cos = best("regime"), best("constant"), best("cosine")
+    summary = {}
+    for name, other in (("best fixed ELR", fixed), ("best cosine", cos)):
+        d = 100 * (per_seed[ra] - per_seed[other])
+        summary[name] = {
+            "against": [other[0], float(other[1])],
+            "diff_mean": float(d.mean()),
+            "diff_std": float(d.std()),
+        }
+        lines.append("")
+        lines.append(
+            f"Regime-aware (start {ra[1]:g}) minus {name} ({other[0]}, {other[1]:g}): "
+            f"{d.mean():+.2f} +- {d.std():.2f} points of test error over "
+            f"{len(d)} seeds (per-seed differences)."
+        )
+    lines.append("")
+    lines.append(f"Wall time: {time.perf_counter() - t0:.0f} s for {len(err)} members.")
+    return "\n".join(lines), summary
+
+
 def _interval(iv) -> str:
     return "not found" if iv is None else f"[{iv[0]:.3g}, {iv[1]:.3g}]"
 
@@ -116,7 +190,7 @@ def write_section(name: str, command: str, body: str) -> None:
 def main(argv=None) -> int:
     """Runs one study of this module (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m experiments.optimizers", description=__doc__)
-    p.add_argument("what", choices=("borders",))
+    p.add_argument("what", choices=("borders", "schedules"))
     p.add_argument("--out", default="runs/optim")
     p.add_argument("--data-dir", default=data_dir())
     p.add_argument("--train-size", type=int, default=10000)
@@ -125,9 +199,21 @@ def main(argv=None) -> int:
     p.add_argument("--elr-range", type=float, nargs=2, default=[1e-5, 10.0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--points", type=int, default=6)
+    p.add_argument("--elrs", type=float, nargs="+", default=[2e-3, 5e-3, 1e-2, 2e-2, 5e-2])
+    p.add_argument("--border", type=float, default=6.5e-3, help="the 1/2 border (schedules)")
+    p.add_argument("--drop", type=float, default=2.0, help="regime-1 ELR: border / drop")
+    p.add_argument("--switch", type=int, default=10, help="epoch of the regime-aware drop")
+    p.add_argument("--sharpness-size", type=int, default=1024)
     p.add_argument("--write", action="store_true", help=f"write the table into {DOC.name}")
     args = p.parse_args(argv)
     command = "python -m experiments.optimizers " + " ".join(argv or sys.argv[1:])
+    if args.what == "schedules":
+        table, summary = run_schedules(args)
+        print(table)
+        (Path(args.out) / "schedules.json").write_text(json.dumps(summary, indent=1))
+        if args.write:
+            write_section("schedules", command, table)
+        return 0
     rows = run_borders(args)
     table = borders_table(rows)
     print(table)

@@ -244,3 +244,12 @@ def test_optimizer_flags_that_do_not_go_together_are_one_line(flags, match):
 
 def test_on_sphere_list_is_the_fixed_sphere_optimizers():
     assert set(ON_SPHERE) == set(OPTIMIZERS) - {"sgdp", "adamp"}
+
+
+def test_layer_and_filter_spheres_refuse_models_with_jointly_si_leaves():
+    from three_regimes_jax.studies.run import make_trainer
+
+    cfg = Config.from_flat(model="resnet18_si", width=2, dataset="digits", sphere="filter")
+    with pytest.raises(UserError, match="only jointly") as e:
+        make_trainer(cfg, 10, (8, 8, 1))
+    assert "--sphere total" in str(e.value)

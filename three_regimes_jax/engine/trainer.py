@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from three_regimes_jax.config import Config, TrainConfig
@@ -22,6 +23,7 @@ from three_regimes_jax.engine.train import (
     make_sharpness,
     make_train_epoch,
 )
+from three_regimes_jax.errors import UserError
 
 
 def _with_precision(fn: Callable, precision: str) -> Callable:
@@ -115,6 +117,12 @@ class GridTrainer:
         sets = [None] * len(self.group_names) if si_sets is None else list(si_sets)
         #: Bool ``[n_groups]``: the groups that are scale-invariant on their own.
         self.group_individually_si = individually_si(sets)
+        if train.sphere != "total" and not self.group_individually_si.all():
+            joint = self.group_names[int(np.flatnonzero(~self.group_individually_si)[0])]
+            raise UserError(
+                f"--sphere {train.sphere} needs every SI leaf to be scale-invariant on its own, "
+                f"but {joint} is so only jointly with others; use --sphere total"
+            )
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.strategy = choose_strategy(strategy, model)
