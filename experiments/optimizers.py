@@ -7,6 +7,9 @@ each, with the same data, epochs and ELR range.  ``--write`` puts the table in
 
     .venv/bin/python -m experiments.optimizers borders --out runs/optim --write
 
+``groups``: each layer's ELR under ``sgd`` on the three spheres, read from
+the borders' runs (:func:`groups_table`), section ``groups``.
+
 ``schedules``: the regime-aware ELR schedule against fixed ELRs and cosine
 (:func:`run_schedules`), section ``schedules``:
 
@@ -157,6 +160,32 @@ def run_schedules(args) -> tuple[str, dict]:
     return "\n".join(lines), summary
 
 
+def groups_table(out: str | Path, elr: float = 2.5e-3) -> str:
+    """Each layer's ELR under ``sgd`` on the three spheres, from the borders' first rounds.
+
+    Reads ``out/borders/sgd-<sphere>/round_1`` (no training): the member
+    nearest ``elr``, its per-layer ``group_elr`` in the first and the last
+    epoch.  On the total sphere the layers' ELRs move as their norms trade
+    places (eq. 3 keeps their harmonic sum); on layer spheres each stays at
+    ``elr rho0^2 / rho_l^2``; on filter spheres every filter trains at
+    ``elr F`` and a layer's ELR is ``elr F / n_l`` for its ``n_l`` filters.
+    """
+    import numpy as np
+
+    from three_regimes_jax import load_results
+
+    lines = ["| sphere | member ELR | layer | group ELR, epoch 1 | group ELR, last epoch |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for sphere in ("total", "layer", "filter"):
+        res = load_results(Path(out) / "borders" / f"sgd-{sphere}" / "round_1")
+        m = res.metrics
+        i = int(np.argmin(np.abs(np.log(m["elr"] / elr))))
+        for k, name in enumerate(m["group_names"]):
+            ge = m["group_elr"][i, :, k]
+            lines.append(f"| {sphere} | {m['elr'][i]:.3g} | {name} | {ge[1]:.3g} | {ge[-1]:.3g} |")
+    return "\n".join(lines)
+
+
 def _interval(iv) -> str:
     return "not found" if iv is None else f"[{iv[0]:.3g}, {iv[1]:.3g}]"
 
@@ -190,7 +219,7 @@ def write_section(name: str, command: str, body: str) -> None:
 def main(argv=None) -> int:
     """Runs one study of this module (see the module docstring)."""
     p = argparse.ArgumentParser(prog="python -m experiments.optimizers", description=__doc__)
-    p.add_argument("what", choices=("borders", "schedules"))
+    p.add_argument("what", choices=("borders", "groups", "schedules"))
     p.add_argument("--out", default="runs/optim")
     p.add_argument("--data-dir", default=data_dir())
     p.add_argument("--train-size", type=int, default=10000)
@@ -213,6 +242,12 @@ def main(argv=None) -> int:
         (Path(args.out) / "schedules.json").write_text(json.dumps(summary, indent=1))
         if args.write:
             write_section("schedules", command, table)
+        return 0
+    if args.what == "groups":
+        table = groups_table(args.out)
+        print(table)
+        if args.write:
+            write_section("groups", command, table)
         return 0
     rows = run_borders(args)
     table = borders_table(rows)

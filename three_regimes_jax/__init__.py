@@ -45,6 +45,8 @@ _EXPORTS = {
     "si_group_names": "engine.sphere",
     "si_norm": "engine.sphere",
     "sphere_sgd": "engine.sphere",
+    "sphere_optimizer": "engine.sphere_opt",
+    "SphereOptState": "engine.sphere_opt",
     "split_si": "engine.sphere",
     "Config": "config",
     "ModelConfig": "config",
