@@ -25,9 +25,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_two(sweep: list[str], out) -> None:
-    """Runs processes 0 and 1 into one ``out``; both must exit 0."""
-    procs = _spawn_two(sweep, [out, out])
+def _run_two(sweep: list[str], outs: list) -> None:
+    """Runs processes 0 and 1 (``outs[k]``: k's --out); both must exit 0."""
+    procs = _spawn_two(sweep, outs)
     try:
         results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     finally:
@@ -78,13 +78,7 @@ def test_distributed_flags_are_checked_before_anything_starts(tmp_path, capsys):
 def test_two_processes_train_the_one_process_grid(tmp_path):
     """Metrics equal the one-process run bit for bit (``map``); only process 0 writes."""
     outs = [tmp_path / f"p{k}" for k in range(2)]
-    procs = _spawn_two(SWEEP, outs)
-    try:
-        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    assert [rc for rc, _ in results] == [0, 0], results
+    _run_two(SWEEP, outs)
     assert not outs[1].exists()  # process 1 writes nothing
     assert main([*SWEEP, "--out", str(tmp_path / "one")]) == 0
     two, one = load_results(outs[0]), load_results(tmp_path / "one")
@@ -128,7 +122,7 @@ def test_checkpoints_restore_and_resume_with_another_process_count(tmp_path):
     sweep = [a if a != "2" else "4" for a in SWEEP] + ["--checkpoint-every", "2"]
     one, two = tmp_path / "one", tmp_path / "two"
     assert main([*sweep, "--out", str(one)]) == 0
-    _run_two(sweep, two)
+    _run_two(sweep, [two, two])
     assert (two / "metrics.npz").read_bytes() == (one / "metrics.npz").read_bytes()
     meta = read_meta(two, 4)
     a, _ = load_checkpoint(two, 4, template=state_template(meta))
@@ -138,7 +132,7 @@ def test_checkpoints_restore_and_resume_with_another_process_count(tmp_path):
     assert meta["seed"] == read_meta(one, 4)["seed"]
 
     _interrupted_copy(one, tmp_path / "r2", 4)  # 1 process trained, 2 resume
-    _run_two([*sweep, "--resume"], tmp_path / "r2")
+    _run_two([*sweep, "--resume"], [tmp_path / "r2"] * 2)
     _interrupted_copy(two, tmp_path / "r1", 4)  # 2 processes trained, 1 resumes
     assert main([*sweep, "--out", str(tmp_path / "r1"), "--resume"]) == 0
     for r in ("r1", "r2"):

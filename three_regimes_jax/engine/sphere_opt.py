@@ -188,6 +188,16 @@ def _remove_radial(theta: jax.Array, g: jax.Array, d: jax.Array, delta: float) -
     return jnp.where(filt, d_f, jnp.where(layer, d_l, d32))
 
 
+def _adam(state: SphereOptState, gs: list, count: jax.Array) -> tuple[list, list, list]:
+    """Adam's moments of ``gs`` and its bias-corrected direction ``m_hat / (sqrt(v_hat) + eps)``."""
+    b1, b2 = state.beta1, state.beta2
+    m = [b1 * a + (1 - b1) * g for a, g in zip(state.mu, gs, strict=True)]
+    v = [b2 * s + (1 - b2) * g * g for s, g in zip(state.nu, gs, strict=True)]
+    c1 = 1 - b1 ** count.astype(jnp.float32)
+    c2 = 1 - b2 ** count.astype(jnp.float32)
+    return m, v, [(a / c1) / (jnp.sqrt(s / c2) + EPS) for a, s in zip(m, v, strict=True)]
+
+
 class SphereOptimizer(NamedTuple):
     """A swept optimizer of this module, as ``optim.make_optimizer`` wraps it.
 
@@ -296,12 +306,7 @@ def sphere_optimizer(
             new = retract(thetas, [-step_lr * x for x in m], radii, sphere, retraction)
             mu = tuple(tangent(m, new, sphere))
         elif name == "sphere_adam":
-            gt = tangent(gs, thetas, sphere)
-            m = [state.beta1 * b + (1 - state.beta1) * g for b, g in zip(mu, gt, strict=True)]
-            v = [state.beta2 * s + (1 - state.beta2) * g * g for s, g in zip(nu, gt, strict=True)]
-            c1 = 1 - state.beta1 ** count.astype(jnp.float32)
-            c2 = 1 - state.beta2 ** count.astype(jnp.float32)
-            d = [(a / c1) / (jnp.sqrt(b / c2) + EPS) for a, b in zip(m, v, strict=True)]
+            m, v, d = _adam(state, tangent(gs, thetas, sphere), count)
             new = retract(
                 thetas,
                 [-step_lr * x for x in tangent(d, thetas, sphere)],
@@ -316,11 +321,7 @@ def sphere_optimizer(
             new = [t - step_lr * x for t, x in zip(thetas, d, strict=True)]
             mu = tuple(m)
         else:  # adamp
-            m = [state.beta1 * b + (1 - state.beta1) * g for b, g in zip(mu, gs, strict=True)]
-            v = [state.beta2 * s + (1 - state.beta2) * g * g for s, g in zip(nu, gs, strict=True)]
-            c1 = 1 - state.beta1 ** count.astype(jnp.float32)
-            c2 = 1 - state.beta2 ** count.astype(jnp.float32)
-            p = [(a / c1) / (jnp.sqrt(b / c2) + EPS) for a, b in zip(m, v, strict=True)]
+            m, v, p = _adam(state, gs, count)
             d = [_remove_radial(t, g, x, SGDP_DELTA) for t, g, x in zip(thetas, gs, p, strict=True)]
             new = [t - step_lr * x for t, x in zip(thetas, d, strict=True)]
             mu, nu = tuple(m), tuple(v)
