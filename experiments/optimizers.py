@@ -234,6 +234,9 @@ def main(argv=None) -> int:
     p.add_argument("--switch", type=int, default=10, help="epoch of the regime-aware drop")
     p.add_argument("--sharpness-size", type=int, default=1024)
     p.add_argument("--write", action="store_true", help=f"write the table into {DOC.name}")
+    p.add_argument(
+        "--reuse", action="store_true", help="borders: the table of OUT/borders.json, no training"
+    )
     args = p.parse_args(argv)
     command = "python -m experiments.optimizers " + " ".join(argv or sys.argv[1:])
     if args.what == "schedules":
@@ -249,10 +252,11 @@ def main(argv=None) -> int:
         if args.write:
             write_section("groups", command, table)
         return 0
-    rows = run_borders(args)
+    saved = Path(args.out) / "borders.json"
+    rows = json.loads(saved.read_text()) if args.reuse else run_borders(args)
     table = borders_table(rows)
     print(table)
-    (Path(args.out) / "borders.json").write_text(json.dumps(rows, indent=1))
+    saved.write_text(json.dumps(rows, indent=1))
     if args.write:
         write_section("borders", command, table)
     return 0

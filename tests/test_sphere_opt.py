@@ -142,6 +142,57 @@ def test_each_optimizer_matches_its_closed_form_over_three_steps(name, kw):
             np.testing.assert_allclose(q[k], want[i][k], rtol=2e-5, atol=2e-6, err_msg=f"{k}@{i}")
 
 
+def _heo_projection(w, g, d, delta=0.1):
+    """Heo et al.'s rule in numpy, filters on the last axis: the filter view, then the layer's."""
+    W, G, D = (np.asarray(x, np.float64).reshape(-1, w.shape[-1]) for x in (w, g, d))
+    cos_f = np.abs((W * G).sum(0)) / (np.linalg.norm(W, axis=0) * np.linalg.norm(G, axis=0) + 1e-8)
+    if cos_f.max() < delta / np.sqrt(W.shape[0]):
+        wn = W / np.linalg.norm(W, axis=0)
+        return (D - wn * (wn * D).sum(0)).reshape(w.shape)
+    cos_l = abs((W * G).sum()) / (np.linalg.norm(W) * np.linalg.norm(G) + 1e-8)
+    if cos_l < delta / np.sqrt(W.size):
+        wn = W / np.linalg.norm(W)
+        return (D - wn * (wn * D).sum()).reshape(w.shape)
+    return D.reshape(w.shape)
+
+
+@pytest.mark.parametrize("name", ["sgdp", "adamp"])
+def test_sgdp_and_adamp_match_their_closed_form_over_three_steps(name):
+    """Per leaf, as Heo et al.: momentum (or Adam), the radial part removed when orthogonal."""
+    p = params0()
+    opt = sphere_optimizer(name, MASK, momentum=0.9)
+    state = opt.init(p, elr=0.02)
+    rho_sq = float(np.sum(_flat(p) ** 2))
+    lr = 0.02 * (rho_sq if name == "sgdp" else np.sqrt(rho_sq / 18))
+    # gradients orthogonal to each leaf (as for SI weights), plus a small radial part
+    grads = []
+    for i in range(3):
+        g = {}
+        for k in SHAPES:
+            r = np.asarray(jax.random.normal(jax.random.key(10 + i), SHAPES[k]), np.float64)
+            w = np.asarray(p[k], np.float64)
+            g[k] = r - (r * w).sum() / (w * w).sum() * w + 1e-2 * w  # |cos| ~ 0.01: projected
+        grads.append(g)
+    want = {k: np.asarray(p[k], np.float64) for k in ("a", "b")}
+    m = {k: np.zeros(SHAPES[k]) for k in ("a", "b")}
+    v = {k: np.zeros(SHAPES[k]) for k in ("a", "b")}
+    q = p
+    for i, g in enumerate(grads, start=1):
+        u, state = opt.update(jax.tree.map(jnp.asarray, g), state, q)
+        q = jax.tree.map(lambda x, d: x + d, q, u)
+        for k in ("a", "b"):
+            if name == "sgdp":
+                m[k] = 0.9 * m[k] + g[k]
+                d = m[k]
+            else:
+                m[k] = 0.9 * m[k] + 0.1 * g[k]
+                v[k] = 0.999 * v[k] + 0.001 * g[k] ** 2
+                d = (m[k] / (1 - 0.9**i)) / (np.sqrt(v[k] / (1 - 0.999**i)) + 1e-8)
+            want[k] = want[k] - lr * _heo_projection(want[k], g[k], d)
+            np.testing.assert_allclose(q[k], want[k], rtol=2e-5, atol=2e-6, err_msg=f"{k}@{i}")
+        np.testing.assert_array_equal(q["c"], p["c"])
+
+
 def test_riemannian_sgd_and_projected_sgd_agree_to_second_order_in_the_elr():
     """On the non-SI toy loss the radial gradient part only shifts the step at O(elr**2)."""
     p = params0()
