@@ -116,7 +116,7 @@ def run_schedules(args) -> tuple[str, dict]:
         sharpness_size=args.sharpness_size,
     )
     t0 = time.perf_counter()
-    res = run_sweep(cfg, out=Path(args.out) / "schedules", overwrite=True, progress=False)
+    res = run_sweep(cfg, out=Path(args.out) / args.section, overwrite=True, progress=False)
     m = res.metrics
     err = 1.0 - m["test_acc"][:, -1]
     sharp = m["hessian_top_eig"][:, -1]
@@ -233,6 +233,7 @@ def main(argv=None) -> int:
     p.add_argument("--drop", type=float, default=2.0, help="regime-1 ELR: border / drop")
     p.add_argument("--switch", type=int, default=10, help="epoch of the regime-aware drop")
     p.add_argument("--sharpness-size", type=int, default=1024)
+    p.add_argument("--section", default="schedules", help="schedules: the section to write")
     p.add_argument("--write", action="store_true", help=f"write the table into {DOC.name}")
     p.add_argument(
         "--reuse", action="store_true", help="borders: the table of OUT/borders.json, no training"
@@ -242,9 +243,9 @@ def main(argv=None) -> int:
     if args.what == "schedules":
         table, summary = run_schedules(args)
         print(table)
-        (Path(args.out) / "schedules.json").write_text(json.dumps(summary, indent=1))
+        (Path(args.out) / f"{args.section}.json").write_text(json.dumps(summary, indent=1))
         if args.write:
-            write_section("schedules", command, table)
+            write_section(args.section, command, table)
         return 0
     if args.what == "groups":
         table = groups_table(args.out)
