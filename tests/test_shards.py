@@ -161,6 +161,28 @@ def test_regimes_and_plot_take_the_shard_directories_of_one_run(runs, tmp_path):
     assert any(f.suffix == ".png" for f in files)
 
 
+def test_a_shard_list_source_is_the_merged_runs_checkpoint(runs, tmp_path, capsys):
+    """``Source("s1,s0")`` joins the shards' checkpoints into the merged run's, in memory."""
+    from three_regimes_jax.storage.sources import Source
+
+    root, _ = runs
+    merged = tmp_path / "merged"
+    merge_shards([root / "s0", root / "s1"], merged)
+    joined = Source(f"{root / 's1'},{root / 's0'}")
+    assert joined.epochs() == complete_epochs(merged) and joined.latest() == 2
+    a, meta_a = joined.load(2, state_template)
+    b, meta_b = load_checkpoint(merged, 2, template=state_template(read_meta(merged, 2)))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for key in ("elr", "seed", "step", "members", "config"):
+        assert meta_a[key] == meta_b[key], key
+    with pytest.raises(UserError, match="one shard"):
+        Source(root / "s0")
+    with pytest.raises(UserError, match="twice"):
+        Source(f"{root / 's0'},{root / 's0'}")
+
+
+@pytest.mark.slow
 def test_finetune_and_interpolate_read_a_merged_run_or_its_shard_list(runs, tmp_path, capsys):
     """The shard list (any order) is the merged run: same fine-tune, same interpolation."""
     root, _ = runs
