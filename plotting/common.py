@@ -24,7 +24,7 @@ from three_regimes_jax.analysis.stats import start_offset
 from three_regimes_jax.config import Config
 from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import Results, atomic_write, load_results
-from three_regimes_jax.storage.shards import load_runs
+from three_regimes_jax.storage.shards import by_schedule, load_runs
 
 #: A results directory path or loaded :class:`~three_regimes_jax.storage.results.Results`.
 RunLike = Results | str | os.PathLike
@@ -213,19 +213,18 @@ def as_runs(runs: RunLike | Sequence[RunLike]) -> list[Run]:
     Returns:
       One :class:`Run` per input, labelled by directory name; the shard
       directories of one run (``sweep --shard K/N``) become one run, named by
-      their parent directory.
+      their parent directory; a grid of ELR schedules becomes one run per
+      schedule, labelled ``name [schedule]``.
 
     Raises:
       UserError: a path is not a readable results directory, or no run is given.
     """
     if isinstance(runs, Results | Run | str | os.PathLike):
         runs = [runs]
+    out: list[Run] = []
     if runs and all(isinstance(r, str | os.PathLike) for r in runs):
         # The shards of one run (sweep --shard K/N) plot as that run.
-        out = [Run(res, ps[0], _label(ps)) for ps, res in load_runs(runs)]
-        _dedupe_labels(out)
-        return out
-    out: list[Run] = []
+        runs = [Run(res, ps[0], _label(ps)) for ps, res in load_runs(runs)]
     for i, r in enumerate(runs):
         if isinstance(r, Run):
             out.append(r)
@@ -237,6 +236,9 @@ def as_runs(runs: RunLike | Sequence[RunLike]) -> list[Run]:
             out.append(Run(load_results(path), path, path.resolve().name or str(path)))
     if not out:
         raise UserError("no results to plot; pass at least one results directory")
+    # A grid of ELR schedules plots as one run per schedule ("runs/x [cosine]").
+    out = [dataclasses.replace(r, results=res, label=f"{r.label} [{name}]" if name else r.label)
+           for r in out for name, res in by_schedule(r.results)]  # fmt: skip
     _dedupe_labels(out)
     return out
 

@@ -44,13 +44,16 @@ SCHEDULES = ("constant", "cosine", "regime:1e-3@1")
 
 
 @pytest.fixture(scope="module")
-def grid():
-    return run_sweep(Config.from_flat(**BASE, elr_schedules=SCHEDULES), progress=False)
+def grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("schedules") / "run"
+    return out, run_sweep(
+        Config.from_flat(**BASE, elr_schedules=SCHEDULES), out=out, progress=False
+    )
 
 
 def test_one_grid_of_schedules_equals_separate_runs(grid):
     """Members with different schedules share one compiled step: each equals its own run."""
-    m = grid.metrics
+    m = grid[1].metrics
     assert m["elr_schedule"].tolist() == [s for s in SCHEDULES for _ in range(2)]
     assert m["elr"].tolist() == [1e-2, 1e-1] * 3
     for k, spec in enumerate(SCHEDULES[1:], start=1):
@@ -62,9 +65,9 @@ def test_one_grid_of_schedules_equals_separate_runs(grid):
 def test_a_constant_schedule_in_a_grid_is_the_plain_run(grid):
     plain = run_sweep(Config.from_flat(**BASE), progress=False)
     for key in ("train_loss", "test_acc", "eff_grad_norm", "step_cos"):
-        np.testing.assert_array_equal(grid.metrics[key][:2], plain.metrics[key], key)
+        np.testing.assert_array_equal(grid[1].metrics[key][:2], plain.metrics[key], key)
     # the regime member trains at its own ELR in epoch 1, then at 1e-3 (factor 0.1 / 0.01)
-    ge = grid.metrics["group_elr"]  # [G, epochs + 1, groups]
+    ge = grid[1].metrics["group_elr"]  # [G, epochs + 1, groups]
     np.testing.assert_allclose(ge[4:, 1], ge[:2, 1], rtol=1e-6)
     ratio = ge[4:, 2:] / ge[:2, 2:]
     assert np.allclose(ratio[0], 0.1, rtol=0.3) and np.allclose(ratio[1], 0.01, rtol=0.3)
@@ -79,3 +82,17 @@ def test_schedules_need_the_sphere_and_a_sweep(tmp_path):
         Config.from_flat(dataset="digits", random_walk=True, elr_schedules=("cosine",))
     with pytest.raises(UserError, match="fixed ELRs"):
         Config.from_flat(dataset="digits", elr_schedules=("cosine",), source=str(tmp_path))
+
+
+def test_plots_show_one_run_per_schedule(grid, tmp_path):
+    from plotting import run_plot
+    from plotting.common import as_runs
+
+    path = grid[0]
+    runs = as_runs([path])
+    assert [r.label for r in runs] == [f"run [{s}]" for s in SCHEDULES]
+    for r, spec in zip(runs, SCHEDULES, strict=True):
+        assert set(r.metrics["elr_schedule"].tolist()) == {spec} and r.elr.tolist() == [1e-2, 1e-1]
+        assert r.metrics["train_loss"].shape[0] == 2 and r.epoch.size == 4
+    files = run_plot([path], kind="overview", out=tmp_path / "fig")
+    assert any(f.suffix == ".png" for f in files)

@@ -157,4 +157,28 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[list[Path], Resu
     return out
 
 
-__all__ = ["SHARED", "load_runs", "merge_loaded", "merged_results", "shards_of"]
+def by_schedule(res: Results) -> list[tuple[str, Results]]:
+    """A run's members grouped by ELR schedule (``--elr-schedules``), in grid order.
+
+    One ``(schedule, results)`` per schedule, each with only its members'
+    per-member arrays (shared arrays kept, the logged filter steps left out);
+    a run without schedules is one ``("", res)``.
+    """
+    m = res.metrics
+    if "elr_schedule" not in m or len(set(m["elr_schedule"].tolist())) < 2:
+        return [("", res)]
+    names = m["elr_schedule"]
+    out = []
+    for name in dict.fromkeys(names.tolist()):
+        pick = names == name
+        metrics = {
+            k: v if k in SHARED else v[pick] for k, v in m.items() if not k.startswith(LOGGED)
+        }
+        summary = dict(res.summary)
+        if len(summary.get("members", [])) == len(names):
+            summary["members"] = [r for r, p in zip(summary["members"], pick, strict=True) if p]
+        out.append((name, Results(config=res.config, metrics=metrics, summary=summary)))
+    return out
+
+
+__all__ = ["SHARED", "by_schedule", "load_runs", "merge_loaded", "merged_results", "shards_of"]
