@@ -291,29 +291,21 @@ def sphere_optimizer(
         step_lr = lr(state)
         count = state.count + 1
         mu, nu = state.mu, state.nu
+
+        def step(direction, how=retraction):  # theta' = R(theta, -lr * direction)
+            return retract(thetas, [-step_lr * x for x in direction], radii, sphere, how)
+
         if name == "sgd":
-            new = retract(thetas, [-step_lr * g for g in gs], radii, sphere)
+            new = step(gs, "normalize")
         elif name == "riemannian_sgd":
-            new = retract(
-                thetas,
-                [-step_lr * g for g in tangent(gs, thetas, sphere)],
-                radii,
-                sphere,
-                retraction,
-            )
+            new = step(tangent(gs, thetas, sphere))
         elif name == "sphere_momentum":
             m = [state.beta1 * b + g for b, g in zip(mu, tangent(gs, thetas, sphere), strict=True)]
-            new = retract(thetas, [-step_lr * x for x in m], radii, sphere, retraction)
+            new = step(m)
             mu = tuple(tangent(m, new, sphere))
         elif name == "sphere_adam":
             m, v, d = _adam(state, tangent(gs, thetas, sphere), count)
-            new = retract(
-                thetas,
-                [-step_lr * x for x in tangent(d, thetas, sphere)],
-                radii,
-                sphere,
-                retraction,
-            )
+            new = step(tangent(d, thetas, sphere))
             mu, nu = tuple(tangent(m, new, sphere)), tuple(v)
         elif name == "sgdp":
             m = [state.beta1 * b + g for b, g in zip(mu, gs, strict=True)]
