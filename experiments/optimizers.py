@@ -15,6 +15,8 @@ the borders' runs (:func:`groups_table`), section ``groups``.
 
     .venv/bin/python -m experiments.optimizers schedules --seeds 0 1 2 --epochs 20 --write
 
+(``--border-from runs/optim/borders/sgd-total`` takes the border from a search.)
+
 The settings are flags (defaults: 10,000 MNIST training images, 10 epochs,
 3 rounds of 6 ELRs in 1e-5..10, seed 0), so a GPU can redo it at full scale.
 """
@@ -186,6 +188,25 @@ def groups_table(out: str | Path, elr: float = 2.5e-3) -> str:
     return "\n".join(lines)
 
 
+def border_of(directory: str | Path) -> float:
+    """The 1/2 border's midpoint in a ``find-transitions`` output directory.
+
+    The regime-aware recipe in one place: search the border, then schedule
+    around it (``schedules --border-from DIR``).
+    """
+    from three_regimes_jax.errors import UserError
+    from three_regimes_jax.studies.transitions import TRANSITIONS_FILE
+
+    path = Path(directory) / TRANSITIONS_FILE
+    try:
+        mid = json.loads(path.read_text())["midpoints"].get("1-2")
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"no find-transitions report in {directory} ({type(e).__name__})") from None
+    if mid is None:
+        raise UserError(f"{path} has no 1/2 border; widen --elr-range and search again")
+    return float(mid)
+
+
 def _interval(iv) -> str:
     return "not found" if iv is None else f"[{iv[0]:.3g}, {iv[1]:.3g}]"
 
@@ -230,6 +251,10 @@ def main(argv=None) -> int:
     p.add_argument("--points", type=int, default=6)
     p.add_argument("--elrs", type=float, nargs="+", default=[2e-3, 5e-3, 1e-2, 2e-2, 5e-2])
     p.add_argument("--border", type=float, default=6.5e-3, help="the 1/2 border (schedules)")
+    p.add_argument(
+        "--border-from",
+        help="schedules: take the 1/2 border from a find-transitions directory (its midpoint)",
+    )
     p.add_argument("--drop", type=float, default=2.0, help="regime-1 ELR: border / drop")
     p.add_argument("--switch", type=int, default=10, help="epoch of the regime-aware drop")
     p.add_argument("--sharpness-size", type=int, default=1024)
@@ -241,6 +266,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     command = "python -m experiments.optimizers " + " ".join(argv or sys.argv[1:])
     if args.what == "schedules":
+        if args.border_from:
+            args.border = border_of(args.border_from)
         table, summary = run_schedules(args)
         print(table)
         (Path(args.out) / f"{args.section}.json").write_text(json.dumps(summary, indent=1))

@@ -22,6 +22,18 @@ def test_sections_are_replaced_not_duplicated(tmp_path, monkeypatch):
     assert "| sgd | total | [0.001, 0.002] | not found | 1.0 |" in study.borders_table(rows)
 
 
+def test_the_border_comes_from_a_search_report(tmp_path):
+    from three_regimes_jax.errors import UserError
+
+    (tmp_path / "transitions.json").write_text(json.dumps({"midpoints": {"1-2": 0.0065}}))
+    assert study.border_of(tmp_path) == 0.0065
+    (tmp_path / "transitions.json").write_text(json.dumps({"midpoints": {}}))
+    with pytest.raises(UserError, match="no 1/2 border"):
+        study.border_of(tmp_path)
+    with pytest.raises(UserError, match="no find-transitions report"):
+        study.border_of(tmp_path / "missing")
+
+
 def test_every_optimizer_and_sphere_is_a_row():
     from three_regimes_jax.engine.sphere_opt import ON_SPHERE, OPTIMIZERS, SPHERES
 
