@@ -54,13 +54,19 @@ def group_norms(p, sphere):
     return np.concatenate([np.linalg.norm(p[k], axis=0) for k in ("a", "b")])
 
 
-NORM_CASES = [("sgd", {}), ("riemannian_sgd", {}), ("riemannian_sgd", {"retraction": "exp"}),
-              ("sphere_momentum", {"momentum": 0.9}),
-              ("sphere_momentum", {"momentum": 0.9, "retraction": "exp"}), ("sphere_adam", {})]
+NORM_CASES = [
+    ("sgd", {}),
+    ("riemannian_sgd", {}),
+    ("riemannian_sgd", {"retraction": "exp"}),
+    ("sphere_momentum", {"momentum": 0.9}),
+    ("sphere_momentum", {"momentum": 0.9, "retraction": "exp"}),
+    ("sphere_adam", {}),
+]
 # Fast: every optimizer on the total sphere, and every sphere with both retractions; the
 # rest of the optimizer x sphere matrix is slow.
 FAST = {(n, str(kw), "total") for n, kw in NORM_CASES} | {
-    (n, str(kw), s) for n, kw in NORM_CASES[3:5] for s in ("layer", "filter")}
+    (n, str(kw), s) for n, kw in NORM_CASES[3:5] for s in ("layer", "filter")
+}
 CASES = [pytest.param(n, kw, s, marks=() if (n, str(kw), s) in FAST else pytest.mark.slow)
          for s in ("total", "layer", "filter") for n, kw in NORM_CASES]  # fmt: skip
 
