@@ -17,7 +17,7 @@ naming both ways on.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,8 @@ class Source:
     """A run whose checkpoints are read: one directory, or the shards of one run.
 
     Args:
-      spec: ``DIR`` or ``DIR1,DIR2,...`` (the shard directories of one run).
+      spec: ``DIR`` or ``DIR1,DIR2,...`` (the shard directories of one run),
+        or a list of directories.
       flag: the flag that named it, for messages (e.g. ``--from``).
 
     Raises:
@@ -50,9 +51,12 @@ class Source:
         a single shard directory.
     """
 
-    def __init__(self, spec: str | os.PathLike, flag: str = "--from"):
-        parts = [p for p in str(spec).split(SEP) if p] if SEP in str(spec) else [str(spec)]
-        self.spec = str(spec)
+    def __init__(self, spec: str | os.PathLike | Sequence[str | os.PathLike], flag: str = "--from"):
+        if isinstance(spec, str | os.PathLike):
+            parts = [p for p in str(spec).split(SEP) if p] if SEP in str(spec) else [str(spec)]
+        else:
+            parts = [str(p) for p in spec]
+        self.spec = SEP.join(parts)
         self.dirs = [Path(p) for p in parts]
         self.flag = flag
         if len(self.dirs) > 1:

@@ -28,40 +28,34 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
-
-from three_regimes_jax.storage.checkpoint import GridCheckpointer, complete_epochs, load_checkpoint
-from three_regimes_jax.storage.checkpoint_read import META_KEYS, read_meta
+from three_regimes_jax.storage.checkpoint import GridCheckpointer
+from three_regimes_jax.storage.checkpoint_read import META_KEYS
 from three_regimes_jax.storage.outdir import claim
 from three_regimes_jax.storage.results import Results, config_diff, write_results
 from three_regimes_jax.storage.shards import merge_loaded, merged_results, shards_of
+from three_regimes_jax.storage.sources import Source
 
 
 def _merge_checkpoints(dirs: list[Path], out: Path, config: dict[str, Any]) -> list[int]:
     """Concatenated shard states for every epoch all shards hold; returns those epochs."""
     from three_regimes_jax.studies.run import state_template
 
-    epochs = sorted(set.intersection(*(set(complete_epochs(d)) for d in dirs)))
+    source = Source(dirs, flag="merge")  # joins each checkpoint in memory
+    epochs = source.epochs()
     if not epochs:
         return []
-    metas = [read_meta(d, epochs[0]) for d in dirs]
+    meta = source.meta(epochs[0])
     ckpt = GridCheckpointer(
         out,
         config=config,
-        num_classes=metas[0]["num_classes"],
-        input_shape=metas[0]["input_shape"],
-        seeds=[s for m in metas for s in m["seed"]],
+        num_classes=meta["num_classes"],
+        input_shape=meta["input_shape"],
+        seeds=meta["seed"],
     )
     with ckpt:
         for epoch in epochs:
-            states, extra = [], {}
-            for d in dirs:
-                meta = read_meta(d, epoch)
-                state, _ = load_checkpoint(d, epoch, template=state_template(meta))
-                states.append(jax.device_get(state))
-                extra = {k: v for k, v in meta.items() if k not in _META_OWN}
-            merged = jax.tree.map(lambda *xs: np.concatenate(xs, axis=0), *states)
+            merged, meta = source.load(epoch, state_template)
+            extra = {k: v for k, v in meta.items() if k not in _META_OWN}
             ckpt.save(epoch, merged, extra, overwrite=True)
     return epochs
 

@@ -293,8 +293,9 @@ def run_grid(
     Returns:
       :class:`~three_regimes_jax.storage.results.Results` with the final state.
     """
-    writer = jax.process_index() == 0  # ``--distributed``: process 0 writes, all read
-    # (the others checked ``out`` before process 0 claimed it: ``run_sweep``)
+    # ``--distributed``: process 0 writes, all read (the others checked ``out``
+    # before process 0 claimed it: ``run_sweep``)
+    writer = is_writer()
     schedule = set(check_out(config, out, overwrite=overwrite, resume=resume) if writer else ())
     if config.train.drop_last and config.train.batch_size > ds.x_train.shape[0]:
         raise UserError(
@@ -309,7 +310,7 @@ def run_grid(
     # divide; every compiled grid function splits the grid over the devices anyway).
     state = shard_grid(state)
     ckpt = None
-    if schedule and writer:
+    if schedule:
         ckpt = GridCheckpointer(
             out,
             config=config.to_dict(),
@@ -400,6 +401,11 @@ def run_grid(
     if out is not None and writer:
         write_results(out, cfg, metrics, summary)
     return res
+
+
+def is_writer() -> bool:
+    """Whether this process writes results: always, but for processes 1.. of ``--distributed``."""
+    return jax.process_index() == 0
 
 
 def sync_processes(name: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 
-import jax
 import numpy as np
 
 from three_regimes_jax.config import Config
@@ -26,6 +25,7 @@ from three_regimes_jax.errors import UserError
 from three_regimes_jax.storage.results import Results
 from three_regimes_jax.studies.output import check_out, claim_run
 from three_regimes_jax.studies.run import (
+    is_writer,
     load_data,
     make_trainer,
     run_grid,
@@ -75,9 +75,12 @@ def run_sweep(
     # ``--distributed``: every process checks ``out``, then process 0 alone claims
     # (and writes) it while the others only read it (a resume's checkpoint).
     sync_processes("checked")
-    writer = jax.process_index() == 0
-    claimed = claim_run(config, out, overwrite=overwrite, resume=resume) if writer else None
-    with claimed or contextlib.nullcontext():
+    claimed = (
+        claim_run(config, out, overwrite=overwrite, resume=resume)
+        if is_writer()
+        else contextlib.nullcontext()
+    )
+    with claimed:
         sync_processes("claimed")
         ds = dataset if dataset is not None else load_data(config)
         trainer = make_trainer(config, ds.num_classes, ds.image_shape)
